@@ -1,0 +1,299 @@
+"""Two tiny operation vocabularies that let each update rule be written once.
+
+An update rule is a function ``rule(o, p, g, st, s, c)`` written against ``o``:
+
+* :data:`T` applies each operation to one tensor. It serves both the plain per-tensor loop (the ground
+  truth, where per-step scalars arrive as Python floats) and the compiled path (``torch.compile`` of the
+  same loop, where scalars arrive as 0-d tensors so that a changing learning rate never recompiles).
+* :data:`F` applies each operation to a list of tensors with ``torch._foreach_*`` kernels where torch has
+  one, and tensor by tensor otherwise (the multi-tensor path).
+
+Scalars may be Python numbers, 0-d tensors, or (in :data:`F`) one of those per tensor in a list.
+Every in-place operation returns its first argument, so calls can be chained like tensor methods.
+"""
+
+from __future__ import annotations
+
+from numbers import Number
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["T", "F"]
+
+
+def _is_num(a: Any) -> bool:
+    return isinstance(a, Number)
+
+
+class _TensorOps:
+    """Operations on single tensors (loop and compiled paths)."""
+
+    # -- new tensors -------------------------------------------------------------------------------
+    @staticmethod
+    def add(x, y):
+        return x + y
+
+    @staticmethod
+    def sub(x, y):
+        return x - y
+
+    @staticmethod
+    def mul(x, y):
+        return x * y
+
+    @staticmethod
+    def div(x, y):
+        return x / y
+
+    @staticmethod
+    def neg(x):
+        return -x
+
+    @staticmethod
+    def sqrt(x):
+        return torch.sqrt(x)
+
+    @staticmethod
+    def abs(x):
+        return torch.abs(x)
+
+    @staticmethod
+    def maximum(x, y):
+        return torch.maximum(x, y)
+
+    @staticmethod
+    def clone(x):
+        return x.clone()
+
+    @staticmethod
+    def axpy(x, y, a):
+        """``x + a * y`` as a new tensor."""
+        return x.add(y, alpha=a) if _is_num(a) else x + y * a
+
+    @staticmethod
+    def addcmul(x, y, z, a):
+        """``x + a * y * z`` as a new tensor."""
+        return torch.addcmul(x, y, z, value=a) if _is_num(a) else x + a * y * z
+
+    @staticmethod
+    def norm(x):
+        """The 2-norm of each tensor, as a 0-d tensor (computed in at least float32)."""
+        return torch.linalg.vector_norm(x)
+
+    # -- in place ----------------------------------------------------------------------------------
+    @staticmethod
+    def add_(x, y):
+        return x.add_(y)
+
+    @staticmethod
+    def sub_(x, y):
+        return x.sub_(y)
+
+    @staticmethod
+    def mul_(x, y):
+        return x.mul_(y)
+
+    @staticmethod
+    def div_(x, y):
+        return x.div_(y)
+
+    @staticmethod
+    def sqrt_(x):
+        return x.sqrt_()
+
+    @staticmethod
+    def copy_(x, y):
+        return x.copy_(y)
+
+    @staticmethod
+    def maximum_(x, y):
+        return torch.maximum(x, y, out=x) if not torch.compiler.is_compiling() else x.copy_(torch.maximum(x, y))
+
+    @staticmethod
+    def axpy_(x, y, a):
+        """``x += a * y``."""
+        return x.add_(y, alpha=a) if _is_num(a) else x.add_(y * a)
+
+    @staticmethod
+    def lerp_(x, y, w):
+        """``x += w * (y - x)`` (torch's lerp rounding)."""
+        return x.lerp_(y, w)
+
+    @staticmethod
+    def addcmul_(x, y, z, a):
+        """``x += a * y * z``."""
+        return x.addcmul_(y, z, value=a) if _is_num(a) else x.add_(a * y * z)
+
+    @staticmethod
+    def addcdiv_(x, y, z, a):
+        """``x += a * y / z``."""
+        return x.addcdiv_(y, z, value=a) if _is_num(a) else x.add_(a * y / z)
+
+    # -- escape hatch ------------------------------------------------------------------------------
+    @staticmethod
+    def per(fn: Callable, *args):
+        """Apply ``fn`` to one tensor's arguments (the :data:`F` twin maps it over the lists)."""
+        return fn(*args)
+
+
+def _lists(args):
+    n = next(len(a) for a in args if isinstance(a, (list, tuple)))
+    return [[a[i] if isinstance(a, (list, tuple)) else a for a in args] for i in range(n)]
+
+
+def _per_tensor_scalars(x, y) -> bool:
+    """True when ``y`` is a list of 0-d tensors to broadcast against the tensors of ``x``."""
+    return isinstance(y, (list, tuple)) and bool(y) and isinstance(y[0], Tensor) and y[0].dim() == 0 \
+        and x[0].dim() != 0
+
+
+class _ForeachOps:
+    """Operations on lists of tensors (the multi-tensor path)."""
+
+    @staticmethod
+    def add(x, y):
+        return torch._foreach_add(x, y)
+
+    @staticmethod
+    def sub(x, y):
+        return torch._foreach_sub(x, y)
+
+    @staticmethod
+    def mul(x, y):
+        if _per_tensor_scalars(x, y):
+            return [a.mul(b) for a, b in zip(x, y)]
+        return torch._foreach_mul(x, y)
+
+    @staticmethod
+    def div(x, y):
+        if _per_tensor_scalars(x, y):
+            return [a.div(b) for a, b in zip(x, y)]
+        return torch._foreach_div(x, y)
+
+    @staticmethod
+    def neg(x):
+        return torch._foreach_neg(x)
+
+    @staticmethod
+    def sqrt(x):
+        return torch._foreach_sqrt(x)
+
+    @staticmethod
+    def abs(x):
+        return torch._foreach_abs(x)
+
+    @staticmethod
+    def maximum(x, y):
+        return torch._foreach_maximum(x, y)
+
+    @staticmethod
+    def clone(x):
+        return [t.clone() for t in x]
+
+    @staticmethod
+    def axpy(x, y, a):
+        if _is_num(a):
+            return torch._foreach_add(x, y, alpha=a)
+        return torch._foreach_add(x, torch._foreach_mul(y, a))
+
+    @staticmethod
+    def addcmul(x, y, z, a):
+        if _is_num(a):
+            return torch._foreach_addcmul(x, y, z, value=a)
+        return [_TensorOps.addcmul(*t) for t in _lists((x, y, z, a))]
+
+    @staticmethod
+    def norm(x):
+        return list(torch._foreach_norm(x))
+
+    @staticmethod
+    def add_(x, y):
+        torch._foreach_add_(x, y)
+        return x
+
+    @staticmethod
+    def sub_(x, y):
+        torch._foreach_sub_(x, y)
+        return x
+
+    @staticmethod
+    def mul_(x, y):
+        if _per_tensor_scalars(x, y):
+            for a, b in zip(x, y):
+                a.mul_(b)
+        else:
+            torch._foreach_mul_(x, y)
+        return x
+
+    @staticmethod
+    def div_(x, y):
+        if _per_tensor_scalars(x, y):
+            for a, b in zip(x, y):
+                a.div_(b)
+        else:
+            torch._foreach_div_(x, y)
+        return x
+
+    @staticmethod
+    def sqrt_(x):
+        torch._foreach_sqrt_(x)
+        return x
+
+    @staticmethod
+    def copy_(x, y):
+        torch._foreach_copy_(x, y)
+        return x
+
+    @staticmethod
+    def maximum_(x, y):
+        torch._foreach_maximum_(x, y)
+        return x
+
+    @staticmethod
+    def axpy_(x, y, a):
+        if _is_num(a):
+            torch._foreach_add_(x, y, alpha=a)
+        else:
+            for t in _lists((x, y, a)):
+                _TensorOps.axpy_(*t)
+        return x
+
+    @staticmethod
+    def lerp_(x, y, w):
+        if _is_num(w):
+            torch._foreach_lerp_(x, y, w)
+        else:
+            for t in _lists((x, y, w)):
+                _TensorOps.lerp_(*t)
+        return x
+
+    @staticmethod
+    def addcmul_(x, y, z, a):
+        if _is_num(a):
+            torch._foreach_addcmul_(x, y, z, value=a)
+        else:
+            for t in _lists((x, y, z, a)):
+                _TensorOps.addcmul_(*t)
+        return x
+
+    @staticmethod
+    def addcdiv_(x, y, z, a):
+        if _is_num(a):
+            torch._foreach_addcdiv_(x, y, z, value=a)
+        else:
+            for t in _lists((x, y, z, a)):
+                _TensorOps.addcdiv_(*t)
+        return x
+
+    @staticmethod
+    def per(fn: Callable, *args):
+        out = [fn(*t) for t in _lists(args)]
+        if out and isinstance(out[0], tuple):
+            return tuple(list(col) for col in zip(*out))
+        return out
+
+
+T = _TensorOps()
+F = _ForeachOps()

@@ -1,0 +1,114 @@
+"""Adam (with AMSGrad, L2 or decoupled decay, and ``initial_accumulator_value``) and AdamW, exactly as
+``torch.optim``'s classes of the same name."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._base import AdamlabOptimizer, check_bool, check_common, check_range
+
+__all__ = ["Adam", "AdamW", "adam_denominator"]
+
+
+def adam_denominator(o, v, s):
+    """``sqrt(v) / sqrt(1 - beta2^t) + eps``, a new tensor (torch's rounding order)."""
+    return o.add_(o.div(o.sqrt(v), s["bc2_sqrt"]), s["eps"])
+
+
+def adam_bias_scalars(group: dict, step: int, v0: float = 0.0) -> dict[str, float]:
+    """Bias corrections of Adam's moments: m always, v only when it starts from zero (SPEC 2)."""
+    beta1, beta2 = group["betas"][0], group["betas"][1]
+    bc1 = 1 - beta1 ** step
+    bc2 = 1 - beta2 ** step if v0 == 0 else 1.0
+    return dict(one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
+                bc2_sqrt=math.sqrt(bc2), neg_step_size=-group["lr"] / bc1, eps=group["eps"])
+
+
+class Adam(AdamlabOptimizer):
+    r"""Adam (Kingma & Ba, 2015), exactly as ``torch.optim.Adam``.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t;\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2;\quad
+        \theta_t = \theta_{t-1} - \frac{\eta}{1-\beta_1^t}\,\frac{m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    ``amsgrad`` uses the running maximum of v; ``weight_decay`` is L2 (added to g) unless
+    ``decoupled_weight_decay`` (θ ← θ(1 − ηλ), i.e. AdamW). ``initial_accumulator_value`` v₀ starts v there;
+    v is bias-corrected only when v₀ = 0, so ``Adam(betas=(0, 1), eps=0, initial_accumulator_value=1)`` is SGD.
+
+    Example::
+
+        >>> opt = Adam(torch.nn.Linear(4, 1).parameters(), lr=1e-3, amsgrad=True)
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False, amsgrad: bool = False,
+                 initial_accumulator_value: float = 0.0, maximize: bool = False, **impl):
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+                        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
+                        initial_accumulator_value=initial_accumulator_value, maximize=maximize)
+        super().__init__(params, defaults, **impl)
+
+    def _validate(self, group):
+        check_common(group)
+        from ._base import check_betas
+
+        check_betas(group["betas"], 2, closed_last=True)
+        check_bool("decoupled_weight_decay", group["decoupled_weight_decay"])
+        check_bool("amsgrad", group["amsgrad"])
+        check_range("initial_accumulator_value", group["initial_accumulator_value"], 0.0)
+        if group["betas"][1] == 1 and group["initial_accumulator_value"] == 0:
+            raise ValueError("Invalid betas[1]: 1.0 requires initial_accumulator_value > 0 "
+                             "(with v starting at 0 the bias correction 1 - beta2^t would be 0)")
+
+    def _init_state(self, p, group):
+        st = {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+              "exp_avg_sq": torch.full_like(p, group["initial_accumulator_value"],
+                                            memory_format=torch.preserve_format)}
+        if group["amsgrad"]:
+            st["max_exp_avg_sq"] = st["exp_avg_sq"].clone()
+        return st
+
+    def _constants(self, group):
+        wd = group["weight_decay"] != 0
+        return dict(maximize=group["maximize"], amsgrad=group["amsgrad"],
+                    l2=wd and not group["decoupled_weight_decay"], decoupled=wd and group["decoupled_weight_decay"])
+
+    def _scalars(self, group, step):
+        s = adam_bias_scalars(group, step, group["initial_accumulator_value"])
+        s.update(weight_decay=group["weight_decay"], decay_factor=1 - group["lr"] * group["weight_decay"])
+        return s
+
+    @staticmethod
+    def _rule(o, p, g, st, s, c):
+        if c["maximize"]:
+            g = o.neg(g)
+        if c["decoupled"]:
+            o.mul_(p, s["decay_factor"])
+        elif c["l2"]:
+            g = o.axpy(g, p, s["weight_decay"])
+        m = o.lerp_(st["exp_avg"], g, s["one_minus_beta1"])
+        v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g, g, s["one_minus_beta2"])
+        if c["amsgrad"]:
+            v = o.maximum_(st["max_exp_avg_sq"], v)
+        o.addcdiv_(p, m, adam_denominator(o, v, s), s["neg_step_size"])
+
+
+class AdamW(Adam):
+    r"""AdamW (Loshchilov & Hutter, 2019): :class:`Adam` with decoupled weight decay, as ``torch.optim.AdamW``.
+
+    .. math:: \theta_t = \theta_{t-1}(1 - \eta\lambda) - \frac{\eta}{1-\beta_1^t}\,
+              \frac{m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    Example::
+
+        >>> opt = AdamW(torch.nn.Linear(4, 1).parameters(), lr=1e-3, weight_decay=0.1)
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, initial_accumulator_value: float = 0.0,
+                 maximize: bool = False, **impl):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         decoupled_weight_decay=True, amsgrad=amsgrad,
+                         initial_accumulator_value=initial_accumulator_value, maximize=maximize, **impl)
