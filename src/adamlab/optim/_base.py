@@ -165,27 +165,21 @@ class AdamlabOptimizer(Optimizer):
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
 
-    @staticmethod
-    def _process_value_according_to_param_policy(param, value, param_id, param_groups, key=None):
-        # Keep every state tensor's dtype as saved ('step' stays a CPU float32 tensor); the state-dtype
-        # policy of the loading optimizer is applied afterwards, in load_state_dict.
-        if key == "step":
-            return value
-        return value.to(device=param.device)
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load state exactly: every state tensor keeps its saved dtype (torch would cast it to the parameter's),
+        moves to the parameter's device, then takes this optimizer's ``state_dtype`` policy where it has one."""
+        saved_state = state_dict["state"]
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                if not st:
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            if pid not in saved_state:
+                continue
+            st = self.state[p]
+            for k, v in saved_state[pid].items():
+                if k == "step" or not isinstance(v, Tensor):
                     continue
-                for k, v in list(st.items()):
-                    if k == "step" or not isinstance(v, Tensor):
-                        continue
-                    want = self._state_dtype(k, v, p)
-                    if v.dtype != want:
-                        st[k] = v.to(want)
+                st[k] = v.to(device=p.device, dtype=self._state_dtype(k, v, p), copy=True)
 
     def _state_dtype(self, key: str, value: Tensor, p: Tensor) -> torch.dtype:
         if not value.is_floating_point():

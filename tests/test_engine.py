@@ -1,0 +1,205 @@
+"""The torch.optim contract: param forms, skipping, closure, groups, schedulers, state_dict, bad input."""
+
+import io
+
+import pytest
+import torch
+
+import adamlab
+from adamlab.optim._base import AdamlabOptimizer
+from trajectory import fake_grad, make_params, max_rel, run
+
+
+def test_param_forms_give_same_result():
+    kw = dict(lr=0.01, weight_decay=0.1)
+    a, _ = run(lambda gr: adamlab.AdamW(gr, **kw), groups=lambda ps: ps)
+    b, _ = run(lambda gr: adamlab.AdamW(gr, **kw), groups=lambda ps: [{"params": ps}])
+    c, opt = run(lambda gr: adamlab.AdamW(gr, **kw), groups=lambda ps: [(f"w{i}", p) for i, p in enumerate(ps)])
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert opt.param_groups[0]["param_names"] == ["w0", "w1", "w2", "w3"]
+
+
+def test_single_tensor_params_rejected():
+    with pytest.raises(TypeError, match="params"):
+        adamlab.Adam(torch.zeros(3, requires_grad=True))
+
+
+def test_params_without_grad_are_skipped(path):
+    p, q = make_params(shapes=((3,), (4,)))
+    q0 = q.detach().clone()
+    opt = adamlab.Adam([p, q], lr=0.1, **path)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    assert torch.equal(q.detach(), q0) and q not in opt.state
+    assert int(opt.state[p]["step"]) == 1
+
+
+def test_step_is_a_tensor_per_parameter():
+    p, q = make_params(shapes=((3,), (4,)))
+    opt = adamlab.Adam([p, q], lr=0.1, foreach=True)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    q.grad = torch.ones_like(q)
+    opt.step()
+    assert isinstance(opt.state[p]["step"], torch.Tensor)
+    assert (int(opt.state[p]["step"]), int(opt.state[q]["step"])) == (2, 1)
+
+
+def test_mixed_steps_match_loop():
+    """Parameters at different step counts are bucketed so each gets its own bias correction."""
+    outs = []
+    for path in (dict(foreach=False), dict(foreach=True)):
+        p, q = make_params(shapes=((3,), (4,)))
+        opt = adamlab.Adam([p, q], lr=0.1, **path)
+        for t in range(5):
+            p.grad = fake_grad(p, t)
+            q.grad = fake_grad(q, t) if t >= 2 else None
+            opt.step()
+        outs.append(torch.cat([p.detach(), q.detach()]))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_closure_and_zero_grad():
+    w = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    opt = adamlab.SGD([w], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() == 5.0
+    assert torch.allclose(w.detach(), torch.tensor([0.8, -1.6], dtype=torch.float64))
+    opt.zero_grad()
+    assert w.grad is None
+
+
+def test_add_param_group_and_validation():
+    p, q = make_params(shapes=((3,), (4,)))
+    opt = adamlab.Adam([p], lr=0.1)
+    opt.add_param_group({"params": [q], "lr": 0.5})
+    assert opt.param_groups[1]["lr"] == 0.5 and opt.param_groups[1]["betas"] == (0.9, 0.999)
+    r = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({"params": [r], "lr": -1.0})
+    assert len(opt.param_groups) == 2
+
+
+def test_maximize_is_minimize_of_negation(path):
+    a, _ = run(lambda gr: adamlab.Adam(gr, lr=0.01, maximize=True, **path))
+    ps = make_params()
+    opt = adamlab.Adam([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}], lr=0.01, **path)
+    for t in range(30):
+        for p in ps:
+            p.grad = -fake_grad(p, t)
+        opt.step()
+    assert max_rel(torch.cat([p.detach().flatten() for p in ps]), a) == 0.0
+
+
+def test_lr_scheduler_changes_lr(path):
+    import math
+
+    from adamlab.train import exponential_decay
+
+    ps = make_params(shapes=((4,),))
+    opt = adamlab.SGD(ps, lr=1.0, **path)
+    sched = exponential_decay(opt, 0.5)
+    x0 = ps[0].detach().clone()
+    for _ in range(3):
+        ps[0].grad = torch.ones_like(ps[0])
+        opt.step()
+        sched.step()
+    total = sum(math.exp(-0.5 * t) for t in range(3))
+    assert torch.allclose(ps[0].detach(), x0 - total, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adagrad", dict(lr=0.1)),
+                                     ("RMSprop", dict(lr=0.01, centered=True, momentum=0.9)),
+                                     ("Adam", dict(lr=0.01, amsgrad=True)), ("AdamW", dict(lr=0.01))])
+def test_exact_resume_through_torch_save(name, kw):
+    cls = getattr(adamlab, name)
+    full, _ = run(lambda gr: cls(gr, **kw), steps=20)
+    ps = make_params()
+    opt = cls([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}], **kw)
+    for t in range(8):
+        for p in ps:
+            p.grad = fake_grad(p, t)
+        opt.step()
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in ps]}, buf)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    ps2 = [p.clone().requires_grad_() for p in ck["params"]]
+    opt2 = cls([{"params": ps2[:2]}, {"params": ps2[2:], "lr": 0.03}], **kw)
+    opt2.load_state_dict(ck["opt"])
+    for t in range(8, 20):
+        for p in ps2:
+            p.grad = fake_grad(p, t)
+        opt2.step()
+    assert torch.equal(torch.cat([p.detach().flatten() for p in ps2]), full)
+
+
+def test_load_state_dict_keeps_float64_state_for_float32_params_policy():
+    """torch casts loaded state to the param dtype; adamlab keeps the saved dtype unless its policy says else."""
+    p = torch.zeros(3, dtype=torch.float32, requires_grad=True)
+    opt = adamlab.Adam([p], lr=0.1, state_dtype=torch.bfloat16)
+    p.grad = torch.ones(3)
+    opt.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.bfloat16
+    sd = opt.state_dict()
+    q = torch.zeros(3, dtype=torch.float32, requires_grad=True)
+    opt2 = adamlab.Adam([q], lr=0.1)  # default policy: keep the saved dtype
+    opt2.load_state_dict(sd)
+    assert opt2.state[q]["exp_avg"].dtype == torch.bfloat16
+    opt3 = adamlab.Adam([q], lr=0.1, state_dtype=torch.float32)  # a different policy converts
+    opt3.load_state_dict(sd)
+    assert opt3.state[q]["exp_avg"].dtype == torch.float32
+    assert torch.equal(opt3.state[q]["exp_avg"], sd["state"][0]["exp_avg"].float())
+
+
+def test_sparse_gradients_rejected():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = adamlab.Adam(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="Adam does not support sparse gradients"):
+        opt.step()
+
+
+BAD = [
+    ("Adam", dict(lr=-1.0), ValueError, r"Invalid lr: -1\.0 \(expected lr in \[0\.0, inf\]\)"),
+    ("Adam", dict(eps=-1e-8), ValueError, "eps"),
+    ("Adam", dict(betas=(1.0, 0.999)), ValueError, r"betas\[0\]"),
+    ("Adam", dict(betas=(0.9, 1.5)), ValueError, r"betas\[1\]"),
+    ("Adam", dict(betas=(0.9,)), ValueError, "expected 2 values"),
+    ("Adam", dict(betas=(0.9, 1.0)), ValueError, "initial_accumulator_value"),
+    ("Adam", dict(weight_decay=-0.1), ValueError, "weight_decay"),
+    ("Adam", dict(amsgrad="yes"), TypeError, "amsgrad"),
+    ("Adam", dict(lr="big"), TypeError, "lr"),
+    ("Adam", dict(lr=float("nan")), ValueError, "lr"),
+    ("Adam", dict(foo=1), TypeError, "foo"),
+    ("Adam", dict(foreach=True, compiled=True), ValueError, "exclusive"),
+    ("Adam", dict(state_dtype=torch.int32), ValueError, "state_dtype"),
+    ("Adam", dict(param_update="up"), ValueError, "param_update"),
+    ("SGD", dict(momentum=-0.1), ValueError, "momentum"),
+    ("SGD", dict(nesterov=True), ValueError, "nesterov"),
+    ("SGD", dict(dampening=2.0), ValueError, "dampening"),
+    ("Adagrad", dict(lr_decay=-1.0), ValueError, "lr_decay"),
+    ("Adagrad", dict(initial_accumulator_value=-1.0), ValueError, "initial_accumulator_value"),
+    ("RMSprop", dict(alpha=1.5), ValueError, "alpha"),
+    ("RMSprop", dict(momentum=-1.0), ValueError, "momentum"),
+    ("AdamW", dict(weight_decay=-1.0), ValueError, "weight_decay"),
+]
+
+
+@pytest.mark.parametrize("name,kw,exc,msg", BAD, ids=[f"{b[0]}-{'-'.join(b[1])}" for b in BAD])
+def test_bad_arguments(name, kw, exc, msg):
+    with pytest.raises(exc, match=msg):
+        getattr(adamlab, name)([torch.zeros(2, requires_grad=True)], **kw)
+
+
+def test_every_optimizer_is_a_torch_optimizer():
+    for name in adamlab.list_optimizers():
+        opt = adamlab.create_optimizer(name, [torch.zeros(3, requires_grad=True)])
+        assert isinstance(opt, torch.optim.Optimizer) and isinstance(opt, AdamlabOptimizer)
