@@ -203,3 +203,46 @@ def test_every_optimizer_is_a_torch_optimizer():
     for name in adamlab.list_optimizers():
         opt = adamlab.create_optimizer(name, [torch.zeros(3, requires_grad=True)])
         assert isinstance(opt, torch.optim.Optimizer) and isinstance(opt, AdamlabOptimizer)
+
+
+def test_non_contiguous_and_channels_last_params(path):
+    """Transposed and channels-last parameters follow the same trajectory as contiguous copies."""
+    base = torch.randn(4, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    a = base.clone().to(memory_format=torch.channels_last).requires_grad_()
+    b = base.clone().transpose(0, 1).requires_grad_()  # a non-contiguous leaf
+    c = base.clone().requires_grad_()
+    d = base.clone().transpose(0, 1).contiguous().requires_grad_()
+    opt = adamlab.Adam([a, b, c, d], lr=0.05, weight_decay=0.1, **path)
+    for t in range(5):
+        for p in (a, b, c, d):
+            p.grad = fake_grad(p, t)
+        opt.step()
+    assert not b.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last)
+    assert max_rel(a.detach(), c.detach()) <= 1e-12
+    assert max_rel(b.detach(), d.detach()) <= 1e-12
+
+
+def test_step_hooks_run():
+    p = torch.zeros(2, requires_grad=True)
+    opt = adamlab.Adam([p], lr=0.1)
+    seen = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append("post"))
+    p.grad = torch.ones(2)
+    opt.step()
+    assert seen == ["pre", "post"]
+
+
+def test_float32_matches_torch_within_float32_roundoff(path):
+    ps = make_params(dtype=torch.float32)
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    a = adamlab.AdamW(ps, lr=0.01, **path)
+    b = torch.optim.AdamW(qs, lr=0.01)
+    for t in range(20):
+        for p, q in zip(ps, qs):
+            p.grad = fake_grad(p, t)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ps, qs):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
