@@ -1,11 +1,8 @@
-import os
-
 import pytest
 import torch
 
 # Small problems: one thread is fastest and keeps parallel CI runs from fighting over the two cores.
 torch.set_num_threads(1)
-os.environ.setdefault("ADAMLAB_IMPL", "foreach")  # tests choose the compiled path explicitly
 
 PATHS = [dict(foreach=False), dict(foreach=True), dict(compiled=True)]
 PATH_IDS = ["loop", "foreach", "compiled"]

@@ -246,3 +246,21 @@ def test_float32_matches_torch_within_float32_roundoff(path):
         b.step()
     for p, q in zip(ps, qs):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_default_path_compiles_only_big_buckets(monkeypatch):
+    """The default ('auto') takes the multi-tensor path for small buckets and compiles big ones."""
+    import adamlab.optim._base as base
+
+    monkeypatch.delenv("ADAMLAB_IMPL", raising=False)
+    calls = []
+    monkeypatch.setattr(base.AdamlabOptimizer, "_run_compiled",
+                        lambda self, *a, **k: calls.append(sum(p.numel() for p in a[0])))
+    small = [torch.zeros(10, requires_grad=True)]
+    big = [torch.zeros(base._AUTO_COMPILE_NUMEL, requires_grad=True)]
+    for ps in (small, big):
+        opt = adamlab.Adam(ps, lr=0.1)
+        assert opt.implementation == "auto"
+        ps[0].grad = torch.ones_like(ps[0])
+        opt.step()
+    assert calls == ([base._AUTO_COMPILE_NUMEL] if base.compiler_available() else [])

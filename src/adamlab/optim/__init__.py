@@ -1,8 +1,8 @@
 """adamlab's optimizers: the classic family and the research optimizers, on one shared engine."""
 
-from ._base import AdamlabOptimizer, compiler_available, default_implementation
+from ._base import AdamlabOptimizer, compiler_available
 from .adam import Adam, AdamW
 from .sgd import SGD, Adagrad, RMSprop
 
-__all__ = ["AdamlabOptimizer", "compiler_available", "default_implementation",
+__all__ = ["AdamlabOptimizer", "compiler_available",
            "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]

@@ -35,9 +35,10 @@ from torch.optim import Optimizer
 from . import _ops
 from ._lowp import LowPrecision, resolve_state_dtype
 
-__all__ = ["AdamlabOptimizer", "compiler_available", "default_implementation"]
+__all__ = ["AdamlabOptimizer", "compiler_available"]
 
 _IMPLEMENTATIONS = ("loop", "foreach", "compiled")
+_AUTO_COMPILE_NUMEL = 1 << 20  # the default path compiles a bucket only from this many elements on
 _CHUNK = 16  # tensors per compiled graph: compile time grows with the graph, step time wants few calls
 _compiler_state: dict[str, Any] = {"ok": None}
 
@@ -58,19 +59,6 @@ def compiler_available() -> bool:
                               "using the multi-tensor path", RuntimeWarning, stacklevel=3)
                 _compiler_state["ok"] = False
     return bool(_compiler_state["ok"])
-
-
-def default_implementation() -> str:
-    """The implementation used when neither ``foreach`` nor ``compiled`` is given.
-
-    ``ADAMLAB_IMPL`` (``loop``/``foreach``/``compiled``) overrides it for a whole process.
-    """
-    env = os.environ.get("ADAMLAB_IMPL")
-    if env:
-        if env not in _IMPLEMENTATIONS:
-            raise ValueError(f"ADAMLAB_IMPL must be one of {_IMPLEMENTATIONS}, got {env!r}")
-        return env
-    return "compiled" if compiler_available() else "foreach"
 
 
 def _flat(t: Tensor, p: Tensor) -> Tensor:
@@ -118,7 +106,9 @@ class AdamlabOptimizer(Optimizer):
         elif compiled is False:
             self.implementation = "foreach"
         else:
-            self.implementation = default_implementation()
+            self.implementation = os.environ.get("ADAMLAB_IMPL") or "auto"
+            if self.implementation not in _IMPLEMENTATIONS + ("auto",):
+                raise ValueError(f"ADAMLAB_IMPL must be one of {_IMPLEMENTATIONS}, got {self.implementation!r}")
         self.state_dtype = resolve_state_dtype(state_dtype)
         self.lowp = LowPrecision(param_update)
         if isinstance(params, Tensor):
@@ -158,7 +148,7 @@ class AdamlabOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("implementation", default_implementation())
+        self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("state_dtype", {})
         self.__dict__.setdefault("lowp", LowPrecision("nearest"))
         for group in self.param_groups:
@@ -253,6 +243,11 @@ class AdamlabOptimizer(Optimizer):
             for p, st in zip(ps, sts)
         )
         impl = self.implementation
+        if impl == "auto":
+            # the default: compile big buckets where a compiler works; compiling costs seconds, which small
+            # models never win back, so they take the multi-tensor path
+            big = sum(p.numel() for p in ps) >= _AUTO_COMPILE_NUMEL
+            impl = "compiled" if big and compiler_available() else "foreach"
         if impl == "compiled":
             eager = [i for i, p in enumerate(ps) if p.numel() < 2 or not p.is_contiguous()
                      or not all(st[k].is_contiguous() for k in keys for st in (sts[i],))]
