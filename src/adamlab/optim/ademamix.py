@@ -1,0 +1,133 @@
+"""AdEMAMix (Pagliardini, Ablin & Grangier, arXiv:2409.03137): AdamW whose numerator mixes a fast and a
+very slow EMA of the gradient, with linear warmups of the mixing weight α and of the slow β3."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._base import AdamlabOptimizer, check_betas, check_common, check_range
+
+__all__ = ["AdEMAMix", "alpha_schedule", "beta3_schedule"]
+
+
+def alpha_schedule(step: int, alpha: float, warmup: float | None) -> float:
+    """α_t = α·t/T_α while t < T_α, else α (the reference's linear warmup from 0, in its float arithmetic)."""
+    if warmup is not None and step < warmup:
+        a = step / float(warmup)
+        return (1.0 - a) * 0 + a * alpha
+    return alpha
+
+
+def _half_life(beta: float) -> float:
+    return math.log(0.5) / math.log(beta + 1e-8) - 1
+
+
+def beta3_schedule(step: int, beta1: float, beta3: float, warmup: float | None) -> float:
+    """β3_t, linear in the half-life f(β) = ln 0.5 / ln(β + 1e-8) − 1 from f(β1) to f(β3) while t < T_β3."""
+    if warmup is not None and step < warmup:
+        a = step / float(warmup)
+        return math.pow(0.5, 1 / ((1.0 - a) * _half_life(beta1) + a * _half_life(beta3) + 1))
+    return beta3
+
+
+class AdEMAMix(AdamlabOptimizer):
+    r"""AdEMAMix: AdamW with a second, slow momentum added to the numerator, weighted by α.
+
+    .. math::
+        \begin{aligned}
+        \alpha_t &= \alpha \min(1, t/T_\alpha), \qquad
+        \beta_{3,t} = f^{-1}\!\big((1 - \tfrac{t}{T_{\beta_3}}) f(\beta_1) + \tfrac{t}{T_{\beta_3}} f(\beta_3)\big)
+            \ (t < T_{\beta_3}), \\
+        &\qquad f(\beta) = \frac{\ln 0.5}{\ln(\beta + 10^{-8})} - 1, \quad f^{-1}(x) = 0.5^{1/(x+1)} \\
+        m_1 &\leftarrow \beta_1 m_1 + (1-\beta_1) g \quad (\beta_1 = 0:\ m_1 := g,\ \text{no buffer}), \qquad
+        m_2 \leftarrow \beta_{3,t} m_2 + (1-\beta_{3,t}) g, \qquad
+        \nu \leftarrow \beta_2 \nu + (1-\beta_2) g^2 \\
+        u &= \frac{m_1/(1-\beta_1^t) + \alpha_t m_2}{\sqrt{\nu}/\sqrt{1-\beta_2^t} + \epsilon}, \qquad
+        \theta \leftarrow \theta - \eta\,(u + \lambda\theta)
+        \end{aligned}
+
+    The slow EMA m₂ is never bias-corrected. The schedules are evaluated at the incremented step t (1 at the
+    first step) and enter the update as per-step scalars, so a warmup never recompiles the compiled path.
+    ``alpha=0`` is AdamW (the same betas, eps and decay) up to round-off. With ``betas[0] = 0`` no m₁ buffer is
+    allocated: the state holds ``exp_avg_slow`` and ``exp_avg_sq`` only, the memory of AdamW.
+
+    Paper: Matteo Pagliardini, Pierre Ablin, David Grangier, "The AdEMAMix Optimizer: Better, Faster, Older",
+    arXiv:2409.03137. Reference: ``apple/ml-ademamix``, ``pytorch/ademamix.py``, commit e732715. adamlab
+    follows its order of operations, so the plain loop matches it to the last bit in float64.
+
+    Differences from the reference code:
+
+    * Argument order: ``alpha_warmup`` comes before ``beta3_warmup`` here (the reference has
+      ``beta3_warmup, alpha_warmup``); pass them by keyword. ``maximize`` is added.
+    * The warmups must be positive numbers or ``None`` (the reference accepts 0 or negative values, which it
+      treats as no warmup).
+    * With β1 = 0 the reference stores ``exp_avg_fast = None`` in the state; adamlab stores no entry, so the
+      state holds tensors only.
+    * Defaults are the reference class's: α = 2. Other ports' defaults, not adopted: α = 5 (optax
+      ``contrib.ademamix``, bitsandbytes, pytorch_optimizer, and the reference repository's own optax
+      ``ademamix``), α = 6 (optax ``scale_by_ademamix``), α = 8 with T_α = T_β3 = total steps (the reference
+      README's example). The optax versions evaluate the schedules one step earlier (at t − 1) and drop the
+      1e-8 inside f; pytorch_optimizer uses one ``t_alpha_beta3`` for both warmups.
+
+    Example::
+
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = AdEMAMix(model.parameters(), lr=1e-3, alpha=8.0, alpha_warmup=1000, beta3_warmup=1000,
+        ...                weight_decay=0.1)
+        >>> model(torch.randn(8, 4)).pow(2).mean().backward()
+        >>> opt.step()
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
+                 alpha: float = 2.0, alpha_warmup: int | None = None, beta3_warmup: int | None = None,
+                 eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False, **impl):
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, alpha=alpha,
+                        alpha_warmup=alpha_warmup, beta3_warmup=beta3_warmup, eps=eps,
+                        weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults, **impl)
+
+    def _validate(self, group):
+        check_common(group)
+        check_betas(group["betas"], 3)
+        check_range("alpha", group["alpha"], 0.0)
+        for name in ("alpha_warmup", "beta3_warmup"):
+            if group[name] is not None:
+                check_range(name, group[name], 0.0, lo_open=True)
+
+    def _init_state(self, p, group):
+        st = {}
+        if group["betas"][0] != 0:
+            st["exp_avg_fast"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st["exp_avg_slow"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return st
+
+    def _constants(self, group):
+        return dict(maximize=group["maximize"], fast=group["betas"][0] != 0, decay=group["weight_decay"] != 0)
+
+    def _scalars(self, group, step):
+        beta1, beta2, beta3 = group["betas"]
+        beta3_t = beta3_schedule(step, beta1, beta3, group["beta3_warmup"])
+        return dict(beta1=beta1, one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
+                    beta3=beta3_t, one_minus_beta3=1 - beta3_t, bc1=1 - beta1 ** step,
+                    bc2_sqrt=math.sqrt(1 - beta2 ** step), eps=group["eps"],
+                    alpha=alpha_schedule(step, group["alpha"], group["alpha_warmup"]),
+                    weight_decay=group["weight_decay"], neg_lr=-group["lr"])
+
+    @staticmethod
+    def _rule(o, p, g, st, s, c):
+        if c["maximize"]:
+            g = o.neg(g)
+        if c["fast"]:
+            m1 = o.axpy_(o.mul_(st["exp_avg_fast"], s["beta1"]), g, s["one_minus_beta1"])
+        else:
+            m1 = g
+        m2 = o.axpy_(o.mul_(st["exp_avg_slow"], s["beta3"]), g, s["one_minus_beta3"])
+        v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g, g, s["one_minus_beta2"])
+        denom = o.add_(o.div_(o.sqrt(v), s["bc2_sqrt"]), s["eps"])
+        u = o.div_(o.add_(o.div(m1, s["bc1"]), o.mul(m2, s["alpha"])), denom)
+        if c["decay"]:
+            o.axpy_(u, p, s["weight_decay"])
+        o.add_(p, o.mul_(u, s["neg_lr"]))

@@ -1,0 +1,100 @@
+"""EXAdam (Adly, arXiv:2412.20302): Adam with cross-moment debiasing and a gradient acceleration term."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._base import AdamlabOptimizer, check_bool, check_common
+
+__all__ = ["EXAdam"]
+
+_SQRT_2 = math.sqrt(2.0)
+
+
+class EXAdam(AdamlabOptimizer):
+    r"""EXAdam: Adam whose debiasing of each moment is scaled by the other moment, plus the debiased gradient.
+
+    .. math::
+        \begin{aligned}
+        \theta &\leftarrow \theta - \eta\lambda\theta \quad (\lambda \ne 0;\ \text{decoupled, first}) \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+        d_1 &= 1 + \frac{v_t}{v_t+\epsilon}\,\beta_2^t, \qquad d_2 = 1 + \frac{m_t^2}{m_t^2+\epsilon}\,\beta_1^t \\
+        \tilde m_t &= \frac{m_t}{1-\beta_1^t} d_1, \quad \tilde v_t = \frac{v_t}{1-\beta_2^t} d_2, \quad
+        \tilde g_t = \frac{g_t}{1-\beta_1^t} d_1 \\
+        \alpha_t &= \eta \ \text{(v2, default)} \quad\text{or}\quad \eta \ln\!\big(\sqrt{2(t+1)}\big)
+            \ \text{(v1, ``dynamic_step_size=True``)} \\
+        \theta_t &= \theta_{t-1} - \alpha_t\,\frac{\tilde m_t + \tilde g_t}{\sqrt{\tilde v_t} + \epsilon}
+        \end{aligned}
+
+    The first update is about ``16·lr·sign(g)`` for the default betas (Adam's is ``lr·sign(g)``): with d₁ ≈ 2,
+    m̃ ≈ 2g and g̃ = g/(1−β₁)·d₁ ≈ 20g over √ṽ ≈ √1.9·|g|. That is the algorithm, not a bug; EXAdam wants a
+    smaller ``lr`` than Adam early on (the factor decays like 1/(1−β₁ᵗ) for the gradient term).
+
+    Paper: Ahmed M. Adly, "EXAdam: The Power of Adaptive Cross-Moments", arXiv:2412.20302 (v1: growing
+    step size; v2: constant step size). Reference: ``AhmedMostafa16/EXAdam``, ``exadam.py`` — commit 5ad536f
+    (v2, constant η) and commit 9ff8463 (v1, ``lr·ln(√(t+1)·√2)``). adamlab follows the reference's order of
+    operations, so the plain loop matches it to the last bit in float64 (v1: to ~1 ulp of the logarithm).
+
+    Differences from the reference code:
+
+    * v1 and v2 are one class here: ``dynamic_step_size=False`` (default) is the current code (v2),
+      ``True`` is the February 2025 code (v1). The current reference file fails to construct because it still
+      calls ``np`` after dropping the numpy import; adamlab follows its documentation (paper v2).
+    * ``maximize`` is added (the reference has none). The state names are ``exp_avg`` / ``exp_avg_sq``
+      (the reference's ``m`` / ``v``), as in :class:`~adamlab.Adam`, so ``state_dtype`` policies carry over.
+    * The reference's docstring calls ``weight_decay`` an "L2 penalty", but its code (and adamlab) decays the
+      parameter directly, ``θ ← θ − η·λ·θ``, before the moment updates and with the base ``lr`` even in v1.
+      pytorch_optimizer's port does the same by default (``weight_decouple=True``).
+
+    Example::
+
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = EXAdam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+        >>> model(torch.randn(8, 4)).pow(2).mean().backward()
+        >>> opt.step()
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, dynamic_step_size: bool = False, maximize: bool = False, **impl):
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+                        weight_decay=weight_decay, dynamic_step_size=dynamic_step_size, maximize=maximize)
+        super().__init__(params, defaults, **impl)
+
+    def _validate(self, group):
+        check_common(group, 2)
+        check_bool("dynamic_step_size", group["dynamic_step_size"])
+
+    def _init_state(self, p, group):
+        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    def _constants(self, group):
+        return dict(maximize=group["maximize"], decay=group["weight_decay"] != 0)
+
+    def _scalars(self, group, step):
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        beta1_t, beta2_t = beta1 ** step, beta2 ** step
+        step_size = lr * math.log(math.sqrt(step + 1) * _SQRT_2) if group["dynamic_step_size"] else lr
+        return dict(beta1=beta1, one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
+                    beta1_t=beta1_t, beta2_t=beta2_t, bc1=1 - beta1_t, bc2=1 - beta2_t, eps=group["eps"],
+                    neg_step_size=-step_size, neg_lr_wd=lr * -group["weight_decay"])
+
+    @staticmethod
+    def _rule(o, p, g, st, s, c):
+        if c["maximize"]:
+            g = o.neg(g)
+        if c["decay"]:
+            o.axpy_(p, p, s["neg_lr_wd"])  # θ + (−ηλ)·θ, the reference's rounding
+        m = o.axpy_(o.mul_(st["exp_avg"], s["beta1"]), g, s["one_minus_beta1"])
+        v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g, g, s["one_minus_beta2"])
+        d1 = o.add_(o.mul_(o.div(v, o.add(v, s["eps"])), s["beta2_t"]), 1.0)
+        m_sq = o.mul(m, m)
+        d2 = o.add_(o.mul_(o.div(m_sq, o.add(m_sq, s["eps"])), s["beta1_t"]), 1.0)
+        m_tilde = o.mul_(o.div(m, s["bc1"]), d1)
+        v_tilde = o.mul_(o.div(v, s["bc2"]), d2)
+        g_tilde = o.mul_(o.div(g, s["bc1"]), d1)
+        num = o.mul_(o.add_(m_tilde, g_tilde), s["neg_step_size"])
+        o.add_(p, o.div_(num, o.add_(o.sqrt(v_tilde), s["eps"])))
