@@ -1,0 +1,90 @@
+"""Command line: `adamlab bench` and `adamlab report`. Thin: parses arguments and calls the lab."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adamlab", description="Train small real models with every adamlab optimizer "
+                                "under an equal tuning budget and report which of the papers' claims held.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="tune, re-run over seeds, write the report (resumable)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Tune every optimizer with the same quasi-random budget on every task, re-run the "
+                       "best setting over several seeds and write report.html / summary.md / PNGs / adamlab.db to "
+                       "--out. Interrupting (even kill -9) and re-running the same command continues where it stopped.")
+    b.add_argument("--suite", choices=["smoke", "default", "full"], default="default",
+                   help="smoke: <1 min check; default: ~6-8 min on 2 cores; full: bigger models, for bigger machines")
+    b.add_argument("--tasks", default=None, help="comma-separated task names (default: every task of the suite whose "
+                   "data is present); see `adamlab tasks`")
+    b.add_argument("--optimizers", default=None, help="comma-separated registry names (default: all)")
+    b.add_argument("--out", default="adamlab-results", help="output folder (report, plots, database)")
+    b.add_argument("--storage", default=None, help="Optuna storage URL for the studies (any URL Optuna accepts); "
+                   "default: sqlite:///OUT/adamlab.db, the same file that holds the run curves")
+    b.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="local processes sharing the studies")
+    b.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    b.add_argument("--trials", type=int, default=0, help="tuning trials per optimizer and task (0: the suite's)")
+    b.add_argument("--seeds", type=int, default=0, help="seeds for the best setting (0: the suite's, >= 2)")
+    b.add_argument("--text", default=None, help="UTF-8 text file for the language-model tasks (default: bundled "
+                   "Shakespeare)")
+    b.add_argument("--cifar-dir", default=None, help="folder with the CIFAR-10 python batches (data_batch_1..5, "
+                   "test_batch); without it the CIFAR task is skipped")
+    b.add_argument("--download-cifar", action="store_true", help="download CIFAR-10 (170 MB) into --cifar-dir "
+                   "(default OUT/cifar-10) first; the only network access adamlab ever makes")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    r = sub.add_parser("report", help="rebuild report.html and summary.md from a results folder's database")
+    r.add_argument("dir", help="a folder written by `adamlab bench`")
+    sub.add_parser("tasks", help="list the tasks")
+    return p
+
+
+def _split(s: str | None) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from adamlab.lab.bench import LabError
+
+    try:
+        if args.command == "tasks":
+            from adamlab.lab.suites import SUITES
+            from adamlab.lab.tasks import TASK_NAMES, build_task
+            for n in TASK_NAMES:
+                print(f"{n:<16} {build_task(n, SUITES['default']['tasks'][n]).description}")
+            return 0
+        if args.command == "report":
+            from adamlab.lab.report import build_report
+            if not os.path.isfile(os.path.join(args.dir, "adamlab.db")):
+                raise LabError(f"no adamlab.db in {args.dir}")
+            print(build_report(args.dir))
+            return 0
+        from adamlab.lab.bench import run_bench
+        from adamlab.lab.protocol import BenchConfig
+
+        cifar = args.cifar_dir
+        if args.download_cifar:
+            from adamlab.lab.tasks.cifar import download_cifar10
+            cifar = cifar or os.path.join(args.out, "cifar-10")
+            try:
+                download_cifar10(cifar)
+            except OSError as e:
+                raise LabError(f"CIFAR-10 download failed: {e}") from None
+        cfg = BenchConfig(out=args.out, suite=args.suite, tasks=_split(args.tasks), optimizers=_split(args.optimizers),
+                          trials=args.trials, seeds=args.seeds, storage=args.storage, workers=args.workers,
+                          threads=args.threads, text=args.text, cifar_dir=cifar)
+        run_bench(cfg, explicit_tasks=bool(args.tasks), quiet=args.quiet)
+        return 0
+    except LabError as e:
+        print(f"adamlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("adamlab: interrupted; re-run the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

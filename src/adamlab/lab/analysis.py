@@ -1,0 +1,225 @@
+"""Turns the stored runs into numbers: per-task tables, targets, profiles, the inclusion lattice.
+
+Everything here reads the lab tables only (optionally cross-checked against the Optuna storage), so
+`adamlab report DIR` can rebuild the report from the database alone.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from statistics import median
+
+import numpy as np
+
+from .metrics import performance_profile, steps_to_target, target_loss
+from .stats import Summary, holm, mean_ci, welch
+from .store import Store
+
+# (specialisation, generalisation): once both are tuned, the left one should not win by more than noise
+LATTICE = [("sgd", "momentum"), ("sgd", "nesterov"), ("momentum", "rmsprop"), ("sgd", "adam"), ("momentum", "adam"),
+           ("adam", "adamw"), ("adamw", "ademamix"), ("adam", "ademamix"), ("adam", "adamcm"), ("adam", "adamcg"),
+           ("adamw", "coupledadam")]
+TARGET_FRACTION = 0.9
+
+
+@dataclass
+class OptResult:
+    name: str
+    runs: list[dict]
+    curves: list[dict]
+    tune: list[dict]
+    best_trial: int
+    params: dict
+    final_loss: Summary = None
+    best_loss: Summary = None
+    final_acc: Summary | None = None
+    losses: list[float] = field(default_factory=list)
+    accs: list[float] = field(default_factory=list)
+    diverged: int = 0
+    steps_to_target: float = math.inf
+    time_to_target: float = math.inf
+    step_time: float = math.nan
+    opt_step_time: float = math.nan
+    default_value: float = math.nan
+    tuned_value: float = math.nan
+
+    def extra(self, key: str) -> list:
+        return [r["extra"][key] for r in self.runs if r["extra"].get(key) is not None]
+
+    def summary_of(self, key: str) -> Summary | None:
+        vals = [float(v) for v in self.extra(key) if isinstance(v, (int, float)) and math.isfinite(v)]
+        return mean_ci(vals) if vals else None
+
+
+@dataclass
+class TaskResult:
+    name: str
+    description: str
+    family: str
+    has_accuracy: bool
+    steps: int
+    opts: dict[str, OptResult]
+    initial: float = math.nan
+    target: float = math.nan
+    best_any: float = math.nan
+    ranks: dict[str, float] = field(default_factory=dict)
+    top_group: set[str] = field(default_factory=set)
+
+
+def _median_or_inf(xs: list[float]) -> float:
+    """Median over seeds, inf when more than half the seeds never got there."""
+    if not xs or sum(math.isfinite(x) for x in xs) * 2 < len(xs):
+        return math.inf
+    return float(median(xs))
+
+
+def _complete_trials(cfg: dict, name: str, task_hash: str, opt: str) -> set[int] | None:
+    """Trial numbers Optuna calls COMPLETE, or None when the storage cannot be opened (then trust the rows)."""
+    try:
+        import optuna
+        from optuna.trial import TrialState
+
+        url = cfg.get("storage") or f"sqlite:///{os.path.abspath(cfg['_db'])}"
+        study = optuna.load_study(study_name=f"{name}@{task_hash}/{opt}", storage=url)
+        return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def load(out_dir: str) -> dict:
+    db = os.path.join(out_dir, "adamlab.db")
+    if not os.path.isfile(db):
+        raise FileNotFoundError(f"no adamlab.db in {out_dir}")
+    store = Store(db)
+    cfg = store.get_meta("config") or {}
+    cfg["_db"] = db
+    task_meta = store.get_meta("tasks") or {}
+    trials = int(cfg.get("trials", 0)) or None
+    tasks: dict[str, TaskResult] = {}
+    for name, tm in task_meta.items():
+        opts: dict[str, OptResult] = {}
+        steps = 0
+        for opt in cfg.get("optimizers", []):
+            rows = store.runs(task=name, task_hash=tm["hash"], optimizer=opt)
+            tune = sorted((r for r in rows if r["phase"] == "tune"), key=lambda r: r["trial"])
+            ok = _complete_trials(cfg, name, tm["hash"], opt)
+            if ok is not None:
+                tune = [r for r in tune if r["trial"] in ok]
+            tune = tune[:trials]
+            if not tune:
+                continue
+            best = min(tune, key=lambda r: (r["value"], r["trial"]))
+            finals = [r for r in rows if r["phase"] == "final" and r["trial"] == best["trial"]]
+            if not finals:
+                continue
+            o = OptResult(opt, finals, [store.curves(r["id"]) for r in finals], tune, best["trial"], best["params"])
+            defaults = [r for r in tune if r["extra"].get("default")]
+            o.default_value = defaults[0]["value"] if defaults else math.nan
+            o.tuned_value = best["value"]
+            opts[opt] = o
+            steps = max(steps, max(r["steps"] or 0 for r in finals))
+        tasks[name] = TaskResult(name, tm["description"], tm["family"], tm["has_accuracy"], steps, opts)
+    store.close()
+    for t in tasks.values():
+        _summarise(t)
+    return {"config": cfg, "tasks": tasks, "meta": _meta(db)}
+
+
+def _meta(db: str) -> dict:
+    s = Store(db)
+    try:
+        return {k: s.get_meta(k) for k in ("skipped", "spaces", "elapsed")}
+    finally:
+        s.close()
+
+
+def _summarise(t: TaskResult) -> None:
+    if not t.opts:
+        return
+    inits = [r["initial_val_loss"] for o in t.opts.values() for r in o.runs if math.isfinite(r["initial_val_loss"])]
+    t.initial = float(median(inits)) if inits else math.nan
+    for o in t.opts.values():
+        # a diverged run scores the untrained loss (and the untrained accuracy): no better than not training
+        o.losses = [r["final_val_loss"] if math.isfinite(r["final_val_loss"]) else t.initial for r in o.runs]
+        o.diverged = sum(bool(r["diverged"]) for r in o.runs)
+        o.final_loss = mean_ci(o.losses)
+        o.best_loss = mean_ci([r["best_val_loss"] if math.isfinite(r["best_val_loss"]) else t.initial for r in o.runs])
+        if t.has_accuracy:
+            o.accs = [r["final_val_acc"] if r["final_val_acc"] is not None else 0.1 for r in o.runs]
+            o.final_acc = mean_ci(o.accs)
+        o.step_time = float(median(r["step_time"] for r in o.runs if r["step_time"] is not None)) \
+            if any(r["step_time"] for r in o.runs) else math.nan
+        vals = [r["opt_step_time"] for r in o.runs if r["opt_step_time"] is not None]
+        o.opt_step_time = float(median(vals)) if vals else math.nan
+    t.best_any = min(o.best_loss.mean for o in t.opts.values())
+    t.target = target_loss(t.initial, t.best_any, TARGET_FRACTION)
+    for o in t.opts.values():
+        st, tt = [], []
+        for c in o.curves:
+            steps, times, vals = c.get("val_loss", ([], [], []))
+            s = steps_to_target(steps, vals, t.target)
+            st.append(s)
+            tt.append(times[steps.index(int(s))] if math.isfinite(s) else math.inf)
+        o.steps_to_target, o.time_to_target = _median_or_inf(st), _median_or_inf(tt)
+    order = sorted(t.opts.values(), key=lambda o: o.final_loss.mean)
+    means = [o.final_loss.mean for o in order]
+    for o in order:  # average ranks for ties
+        lo = means.index(o.final_loss.mean)
+        hi = len(means) - 1 - means[::-1].index(o.final_loss.mean)
+        t.ranks[o.name] = (lo + hi) / 2 + 1
+    leader = order[0]
+    t.top_group = {o.name for o in order
+                   if o is leader or not (welch(o.losses, leader.losses).p < 0.05)}
+
+
+def leaderboard(tasks: dict[str, TaskResult]) -> list[dict]:
+    names = sorted({o for t in tasks.values() for o in t.opts})
+    rows = []
+    for n in names:
+        ranks = [t.ranks[n] for t in tasks.values() if n in t.ranks]
+        rows.append({"optimizer": n, "mean_rank": float(np.mean(ranks)) if ranks else math.nan,
+                     "tasks": len(ranks), "top": sum(n in t.top_group for t in tasks.values()),
+                     "wins": sum(t.ranks.get(n) == 1 for t in tasks.values()),
+                     "diverged": sum(t.opts[n].diverged for t in tasks.values() if n in t.opts)})
+    return sorted(rows, key=lambda r: (r["mean_rank"], r["optimizer"]))
+
+
+def profiles(tasks: dict[str, TaskResult], by: str = "steps", taus=None) -> tuple[list[float], dict]:
+    taus = list(taus if taus is not None else np.logspace(0, 1.5, 60))
+    times: dict[str, dict[str, float]] = {}
+    for t in tasks.values():
+        for o in t.opts.values():
+            times.setdefault(o.name, {})[t.name] = o.steps_to_target if by == "steps" else o.time_to_target
+    return taus, performance_profile(times, taus)
+
+
+def overhead(tasks: dict[str, TaskResult], base: str = "adam", key: str = "step_time") -> dict[str, dict]:
+    """Per optimizer: step-time ratios to `base` on each task, their geometric mean and a 95 % t-CI of it."""
+    out = {}
+    names = sorted({o for t in tasks.values() for o in t.opts})
+    for n in names:
+        ratios = [getattr(t.opts[n], key) / getattr(t.opts[base], key) for t in tasks.values()
+                  if n in t.opts and base in t.opts and getattr(t.opts[base], key) > 0]
+        logs = [math.log(r) for r in ratios if r > 0 and math.isfinite(r)]
+        if not logs:
+            continue
+        s = mean_ci(logs)
+        out[n] = {"ratio": math.exp(s.mean), "lo": math.exp(s.lo), "hi": math.exp(s.hi), "n": len(logs)}
+    return out
+
+
+def lattice(tasks: dict[str, TaskResult], alpha: float = 0.05) -> list[dict]:
+    rows = []
+    for spec, gen in LATTICE:
+        for t in tasks.values():
+            if spec in t.opts and gen in t.opts:
+                c = welch(t.opts[spec].losses, t.opts[gen].losses)
+                rows.append({"special": spec, "general": gen, "task": t.name, "diff": c.diff, "p": c.p,
+                             "lo": c.lo, "hi": c.hi})
+    adj = holm([r["p"] for r in rows])
+    for r, p in zip(rows, adj):
+        r["p_holm"] = p
+        worse = math.isfinite(p) and p < alpha
+        r["status"] = ("VIOLATION" if worse and r["diff"] < 0 else "general better" if worse else "within noise")
+    return rows

@@ -1,0 +1,119 @@
+"""`adamlab bench`: validate the request, recover the storage, tune, re-run over seeds, report."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict
+
+from . import space
+from .protocol import (BenchConfig, Runner, final_job, final_jobs, load_study, make_tasks, open_storage,
+                       recover, tune_job, tuning_jobs)
+from .store import Store
+from .suites import SUITES
+from .tasks import TASK_NAMES, DataError
+
+
+class LabError(Exception):
+    """A user error: the CLI prints the message on one line and exits with status 2."""
+
+
+def resolve(cfg: BenchConfig, explicit_tasks: bool) -> tuple[BenchConfig, dict[str, str]]:
+    """Fill suite defaults, check names and paths. Returns the config and {task: why skipped}."""
+    if cfg.suite not in SUITES:
+        raise LabError(f"unknown suite {cfg.suite!r}; choose from {', '.join(SUITES)}")
+    s = SUITES[cfg.suite]
+    known_opts = space.all_optimizers()
+    for o in cfg.optimizers:
+        if o not in known_opts:
+            raise LabError(f"unknown optimizer {o!r}; choose from {', '.join(known_opts)}")
+    for t in cfg.tasks:
+        if t not in TASK_NAMES:
+            raise LabError(f"unknown task {t!r}; choose from {', '.join(TASK_NAMES)}")
+    if cfg.text is not None and not os.path.isfile(cfg.text):
+        raise LabError(f"text file not found: {cfg.text}")
+    if cfg.cifar_dir is not None and not os.path.isdir(cfg.cifar_dir):
+        raise LabError(f"CIFAR-10 directory not found: {cfg.cifar_dir}")
+    if cfg.workers < 1 or cfg.threads < 1:
+        raise LabError("--workers and --threads must be at least 1")
+    tasks = cfg.tasks or [t for t in TASK_NAMES if t in s["tasks"]]
+    missing = [t for t in tasks if t not in s["tasks"]]
+    if missing:
+        raise LabError(f"task(s) {', '.join(missing)} are not in suite {cfg.suite!r}")
+    cfg = BenchConfig(**{**asdict(cfg), "tasks": tasks, "optimizers": cfg.optimizers or known_opts,
+                         "trials": cfg.trials or s["trials"], "seeds": cfg.seeds or s["seeds"]})
+    if cfg.trials < 1 or cfg.seeds < 2:
+        raise LabError("--trials must be >= 1 and --seeds >= 2 (a confidence interval needs two seeds)")
+    skipped: dict[str, str] = {}
+    for name, task in make_tasks(cfg).items():
+        try:
+            ok, why = task.available()
+        except DataError as e:
+            ok, why = False, str(e)
+        if not ok:
+            if explicit_tasks or (name == "cifar10_cnn" and cfg.cifar_dir is not None) or \
+                    (name in ("char_gpt", "word_lm") and cfg.text is not None):
+                raise LabError(why)
+            skipped[name] = why
+    cfg.tasks = [t for t in cfg.tasks if t not in skipped]
+    return cfg, skipped
+
+
+def check_storage(url: str):
+    try:
+        storage = open_storage(url)
+        storage.get_all_studies()
+        return storage
+    except Exception as e:  # noqa: BLE001 - any failure to open is a user error here
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LabError(f"cannot open storage {url!r}: {msg}") from None
+
+
+def estimate_seconds(cfg: BenchConfig, tasks) -> float:
+    runs = sum(t.cost() for t in tasks.values()) * len(cfg.optimizers) * (cfg.trials + cfg.seeds)
+    return runs / max(1, min(cfg.workers, os.cpu_count() or 1)) + 10
+
+
+def run_bench(cfg: BenchConfig, *, explicit_tasks: bool = False, quiet: bool = False, log=print) -> str:
+    from .report import build_report
+
+    cfg, skipped = resolve(cfg, explicit_tasks)
+    os.makedirs(cfg.out, exist_ok=True)
+    storage = check_storage(cfg.storage_url)
+    store = Store(cfg.db_path)
+    tasks = make_tasks(cfg)
+    est = estimate_seconds(cfg, tasks)
+    log(f"adamlab bench: suite {cfg.suite}, {len(tasks)} tasks x {len(cfg.optimizers)} optimizers, "
+        f"{cfg.trials} tuning trials + {cfg.seeds} seeds each, {cfg.workers} worker(s)")
+    for name, why in skipped.items():
+        log(f"  skipping {name}: {why}")
+    log(f"  estimated runtime ~{est / 60:.1f} min on a 2-core machine like the reference (less if resuming)")
+    store.put_meta("config", {**asdict(cfg), "storage": cfg.storage_url if cfg.storage else None})
+    store.put_meta("tasks", {n: {"hash": t.hash, "description": t.description, "family": t.family,
+                                 "has_accuracy": t.has_accuracy} for n, t in tasks.items()})
+    store.put_meta("skipped", skipped)
+    store.put_meta("spaces", {o: space.describe_space(o) for o in cfg.optimizers})
+    t0 = time.time()
+    rec = recover(storage, store, tasks, cfg.optimizers)
+    if rec["failed_running"] or rec["deleted_rows"]:
+        log(f"  resumed: {rec['failed_running']} interrupted trial(s) re-queued, "
+            f"{rec['deleted_rows']} unfinished row(s) dropped")
+    errors: list[dict] = []
+    with Runner(cfg, quiet) as runner:
+        jobs = tuning_jobs(storage, tasks, cfg.optimizers, cfg.trials)
+        errors += [r for r in runner.map(tune_job, jobs, "tuning") if r.get("error")]
+        fjobs = final_jobs(storage, store, tasks, cfg.optimizers, cfg.trials, cfg.seeds)
+        errors += [r for r in runner.map(final_job, fjobs, "seeds ") if r.get("error")]
+    for e in errors[:5]:
+        log(f"  note: {e['optimizer']} on {e['task']} raised {e['error']} (counted as diverged)")
+    elapsed = time.time() - t0
+    prev = store.get_meta("elapsed", 0.0) or 0.0
+    store.put_meta("elapsed", prev + elapsed if jobs or fjobs else prev)
+    store.close()
+    summary = build_report(cfg.out)
+    log(summary)
+    log(f"finished in {elapsed / 60:.1f} min; report: {os.path.join(cfg.out, 'report.html')}")
+    return summary
+
+
+__all__ = ["LabError", "run_bench", "resolve", "load_study", "math"]

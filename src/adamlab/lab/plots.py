@@ -1,0 +1,209 @@
+"""Figures for the report (matplotlib, Agg backend). Each function returns PNG bytes or None (no data)."""
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .analysis import TaskResult, overhead, profiles  # noqa: E402
+from .tasks.landscapes import LANDSCAPES  # noqa: E402
+
+
+def colors(names: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab20")
+    return {n: cmap(i % 20) for i, n in enumerate(sorted(names))}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _grid(n: int, w: float = 4.2, h: float = 3.2):
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
+def _legend(fig, col: dict):
+    handles = [plt.Line2D([], [], color=c, lw=2, label=n) for n, c in col.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02 - 0.025 * math.ceil(len(handles) / 7)))
+
+
+def landscapes(tasks: dict[str, TaskResult]) -> bytes | None:
+    items = [t for t in tasks.values() if t.family == "landscape" and t.opts]
+    if not items:
+        return None
+    col = colors(sorted({o for t in items for o in t.opts}))
+    fig, axes = _grid(len(items), 4.6, 4.0)
+    for ax, t in zip(axes, items):
+        spec = LANDSCAPES[t.name]
+        x0, x1, y0, y1 = spec.box
+        xs, ys = np.linspace(x0, x1, 200), np.linspace(y0, y1, 200)
+        X, Y = np.meshgrid(xs, ys)
+        Z = spec.fn(torch.tensor(X), torch.tensor(Y)).numpy()
+        Z = np.log1p(Z - Z.min())
+        ax.contourf(X, Y, Z, levels=30, cmap="Greys", alpha=0.6)
+        ax.contour(X, Y, Z, levels=15, colors="k", linewidths=0.3, alpha=0.4)
+        for o in t.opts.values():
+            path = next((r["extra"]["path"] for r in o.runs if r["extra"].get("path")), None)
+            if path:
+                p = np.asarray(path, dtype=float)
+                ax.plot(p[:, 0], p[:, 1], color=col[o.name], lw=1.2)
+                ax.plot(p[-1, 0], p[-1, 1], "o", color=col[o.name], ms=4)
+        ax.plot(*spec.minimum, "*", color="gold", ms=14, mec="k")
+        ax.plot(*spec.start, "s", color="white", ms=6, mec="k")
+        if spec.sharp:
+            ax.plot(*spec.sharp, "x", color="red", ms=9)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.set_title(f"{t.name} (log scale; ★ global min, □ start)", fontsize=9)
+    _legend(fig, col)
+    return _png(fig)
+
+
+def curves(tasks: dict[str, TaskResult]) -> bytes | None:
+    items = [t for t in tasks.values() if t.opts]
+    if not items:
+        return None
+    col = colors(sorted({o for t in items for o in t.opts}))
+    fig, axes = _grid(len(items))
+    for ax, t in zip(axes, items):
+        for o in t.opts.values():
+            series = [c["val_loss"] for c in o.curves if "val_loss" in c]
+            if not series:
+                continue
+            n = min(len(s[0]) for s in series)
+            steps = np.asarray(series[0][0][:n])
+            vals = np.asarray([s[2][:n] for s in series], dtype=float)
+            vals[~np.isfinite(vals)] = np.nan
+            ax.plot(steps, np.nanmean(vals, 0), color=col[o.name], lw=1.2)
+        ax.axhline(t.target, color="k", ls=":", lw=0.8)
+        if t.family == "landscape":
+            ax.set_yscale("symlog", linthresh=1e-3)
+        lo = min(o.best_loss.mean for o in t.opts.values())
+        ax.set_ylim(bottom=None if t.family == "landscape" else lo - 0.05 * abs(t.initial - lo),
+                    top=t.initial * 1.05 if t.initial > 0 else None)
+        ax.set_title(f"{t.name}: held-out loss (mean of seeds; ⋯ target)", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    _legend(fig, col)
+    return _png(fig)
+
+
+def lr_sensitivity(tasks: dict[str, TaskResult]) -> bytes | None:
+    items = [t for t in tasks.values() if t.opts]
+    if not items:
+        return None
+    col = colors(sorted({o for t in items for o in t.opts}))
+    fig, axes = _grid(len(items))
+    for ax, t in zip(axes, items):
+        cap = t.initial * 1.5 if t.initial > 0 else None
+        for o in t.opts.values():
+            pts = sorted((r["params"]["lr"], r["value"]) for r in o.tune if "lr" in r["params"])
+            if not pts:
+                continue
+            lr = np.array([p[0] for p in pts])
+            v = np.array([p[1] for p in pts], dtype=float)
+            if cap:  # diverged or worse-than-untrained trials are drawn at the cap
+                v = np.minimum(np.where(np.isfinite(v), v, cap), cap)
+            ax.plot(lr, v, "o-", color=col[o.name], ms=3, lw=0.8, alpha=0.85)
+        ax.set_xscale("log")
+        if t.family == "landscape":
+            ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_title(f"{t.name}: tuning trials, loss vs lr (diverged at top)", fontsize=9)
+        ax.set_xlabel("learning rate", fontsize=8)
+    _legend(fig, col)
+    return _png(fig)
+
+
+def performance_profiles(tasks: dict[str, TaskResult]) -> bytes | None:
+    if not any(t.opts for t in tasks.values()):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    col = colors(sorted({o for t in tasks.values() for o in t.opts}))
+    for ax, by in zip(axes, ("steps", "time")):
+        taus, prof = profiles(tasks, by)
+        for n, rho in sorted(prof.items()):
+            ax.step(taus, rho, where="post", color=col[n], lw=1.3)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(f"τ (× best optimizer's {by} to target)")
+        ax.set_ylabel("fraction of tasks")
+        ax.set_title(f"performance profile by {by}", fontsize=10)
+    _legend(fig, col)
+    return _png(fig)
+
+
+def forgetting(tasks: dict[str, TaskResult]) -> bytes | None:
+    t = tasks.get("char_gpt")
+    if t is None or not t.opts:
+        return None
+    col = colors(list(t.opts))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for o in t.opts.values():
+        gaps = []
+        for c in o.curves:
+            if "early_batch_loss" in c and "unseen_batch_loss" in c:
+                e, u = np.asarray(c["early_batch_loss"][2]), np.asarray(c["unseen_batch_loss"][2])
+                gaps.append((np.asarray(c["early_batch_loss"][0]), u - e))
+        if gaps:
+            n = min(len(g[1]) for g in gaps)
+            ax.plot(gaps[0][0][:n], np.mean([g[1][:n] for g in gaps], 0), color=col[o.name],
+                    lw=2 if o.name in ("ademamix", "adamw") else 0.8)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss(unseen) − loss(early batch)")
+    ax.set_title("char GPT forgetting: what is still remembered of the batch seen at 10 %", fontsize=10)
+    _legend(fig, col)
+    return _png(fig)
+
+
+def embeddings(tasks: dict[str, TaskResult]) -> bytes | None:
+    t = tasks.get("word_lm")
+    if t is None or not t.opts:
+        return None
+    names = sorted(t.opts)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, key in zip(axes, ("isotropy", "mean_embedding_ratio")):
+        s = [t.opts[n].summary_of(key) for n in names]
+        m = [x.mean if x else np.nan for x in s]
+        e = [x.half_width if x and math.isfinite(x.half_width) else 0 for x in s]
+        ax.bar(names, m, yerr=e, color=["tab:red" if n == "coupledadam" else "tab:blue" if n in ("adam", "adamw")
+                                         else "0.6" for n in names])
+        ax.tick_params(axis="x", rotation=60, labelsize=8)
+        ax.set_title(f"word LM embeddings: {key} (95 % CI)", fontsize=10)
+    return _png(fig)
+
+
+def overhead_plot(tasks: dict[str, TaskResult]) -> bytes | None:
+    oh = overhead(tasks, "adam", "opt_step_time")
+    if not oh:
+        return None
+    names = sorted(oh, key=lambda n: oh[n]["ratio"])
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    r = np.array([oh[n]["ratio"] for n in names])
+    err = np.array([[r[i] - oh[n]["lo"], oh[n]["hi"] - r[i]] for i, n in enumerate(names)]).T
+    err = np.where(np.isfinite(err), err, 0)
+    ax.bar(names, r, yerr=err, color="tab:gray")
+    ax.axhline(1, color="k", lw=0.8)
+    ax.tick_params(axis="x", rotation=60, labelsize=8)
+    ax.set_ylabel("× Adam")
+    ax.set_title("optimizer.step() time relative to Adam (geometric mean over tasks, 95 % CI)", fontsize=10)
+    return _png(fig)
+
+
+FIGURES = {"landscapes": landscapes, "curves": curves, "lr_sensitivity": lr_sensitivity,
+           "profiles": performance_profiles, "forgetting": forgetting, "embeddings": embeddings,
+           "overhead": overhead_plot}

@@ -1,0 +1,118 @@
+"""The bridge to the optimizer side: registry search spaces -> Optuna suggestions -> create_optimizer.
+
+Only this module talks to adamlab.registry, so the contract lives in one place.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import optuna
+
+from adamlab import create_optimizer, list_optimizers
+from adamlab.registry import Choice, Float, IntRange, LogFloat, OneMinusLog, get_optimizer_info
+
+__all__ = ["all_optimizers", "search_space", "suggest", "default_params", "build_optimizer",
+           "optuna_key", "describe_space"]
+
+
+def all_optimizers() -> list[str]:
+    return list(list_optimizers())
+
+
+def search_space(name: str) -> dict[str, Any]:
+    return dict(get_optimizer_info(name).search_space)
+
+
+def optuna_key(key: str, spec: Any) -> str:
+    """Name of the Optuna parameter for a search-space key (betas are searched as 1 - beta)."""
+    return f"one_minus_{key}" if isinstance(spec, OneMinusLog) else key
+
+
+def suggest(trial: optuna.Trial, name: str) -> dict[str, Any]:
+    """Draw one setting of every hyperparameter in `name`'s search space; returns create_optimizer kwargs."""
+    out: dict[str, Any] = {}
+    for key, spec in sorted(search_space(name).items()):
+        if isinstance(spec, LogFloat):
+            out[key] = trial.suggest_float(key, spec.low, spec.high, log=True)
+        elif isinstance(spec, OneMinusLog):
+            out[key] = 1.0 - trial.suggest_float(optuna_key(key, spec), spec.low, spec.high, log=True)
+        elif isinstance(spec, Float):
+            out[key] = trial.suggest_float(key, spec.low, spec.high)
+        elif isinstance(spec, IntRange):
+            out[key] = trial.suggest_int(key, spec.low, spec.high, log=bool(getattr(spec, "log", False)))
+        elif isinstance(spec, Choice):
+            out[key] = trial.suggest_categorical(key, list(spec.values))
+        else:  # pragma: no cover - a new spec type on the registry side
+            raise TypeError(f"unknown search-space spec {spec!r} for {name}.{key}")
+    return out
+
+
+def default_params(name: str) -> dict[str, Any]:
+    """The registry defaults, expressed in Optuna parameter names (for enqueueing trial 0)."""
+    info = get_optimizer_info(name)
+    d = dict(info.defaults)
+    betas = d.get("betas") or _signature_default(info.cls, "betas")
+    fixed: dict[str, Any] = {}
+    for key, spec in search_space(name).items():
+        if key in d:
+            val = d[key]
+        elif key.startswith("beta") and key[4:].isdigit() and betas is not None and int(key[4:]) <= len(betas):
+            val = betas[int(key[4:]) - 1]
+        else:
+            val = _signature_default(info.cls, key)
+        if val is None:
+            continue
+        if isinstance(spec, OneMinusLog):
+            if not (1.0 - val) > 0:
+                continue
+            fixed[optuna_key(key, spec)] = 1.0 - float(val)
+        elif isinstance(spec, LogFloat) and not val > 0:
+            continue
+        else:
+            fixed[key] = val
+    return fixed
+
+
+def _signature_default(cls, key: str):
+    try:
+        p = inspect.signature(cls).parameters.get(key)
+    except (TypeError, ValueError):
+        return None
+    if p is None or p.default is inspect.Parameter.empty:
+        return None
+    return p.default
+
+
+def params_from_optuna(name: str, optuna_params: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of the 1 - beta reparametrisation: Optuna params -> create_optimizer kwargs."""
+    out = {}
+    for key, spec in search_space(name).items():
+        k = optuna_key(key, spec)
+        if k in optuna_params:
+            v = optuna_params[k]
+            out[key] = 1.0 - v if isinstance(spec, OneMinusLog) else v
+    return out
+
+
+def build_optimizer(name: str, model_or_params, params: dict[str, Any]):
+    return create_optimizer(name, model_or_params, **params)
+
+
+def describe_space(name: str) -> str:
+    parts = []
+    for key, spec in sorted(search_space(name).items()):
+        kind = type(spec).__name__
+        if isinstance(spec, Choice):
+            parts.append(f"{key}∈{list(spec.values)}")
+        elif isinstance(spec, OneMinusLog):
+            parts.append(f"1-{key}∈[{spec.low:g},{spec.high:g}] log")
+        else:
+            lg = " log" if kind == "LogFloat" or getattr(spec, "log", False) else ""
+            parts.append(f"{key}∈[{spec.low:g},{spec.high:g}]{lg}")
+    return ", ".join(parts)
+
+
+def is_log(spec: Any) -> bool:
+    return isinstance(spec, (LogFloat, OneMinusLog)) or bool(getattr(spec, "log", False))
+

@@ -1,0 +1,57 @@
+"""Suites: which tasks, how long each trains, and the tuning budget (trials per optimizer) and seeds.
+
+`cost` is the measured seconds one run takes on one core of the 2-core reference machine (used for the
+runtime estimate printed before a bench starts).
+"""
+from __future__ import annotations
+
+from .tasks import TASK_NAMES
+
+_LANDSCAPE_DEFAULT = {"steps": 300, "eval_every": 5, "cost": 0.09}
+
+SUITES: dict[str, dict] = {
+    "smoke": {
+        "trials": 2, "seeds": 2,
+        "tasks": {
+            "sharp_flat": {"steps": 60, "eval_every": 5, "cost": 0.02},
+            "quadratic_deep": {"steps": 30, "eval_every": 10, "dim": 50, "cost": 0.02},
+            "digits_mlp": {"steps": 30, "eval_every": 10, "hidden": 32, "cost": 0.03},
+            "char_gpt": {"steps": 10, "eval_every": 5, "d": 16, "layers": 1, "block": 16, "batch": 8,
+                         "val_batch": 16, "max_chars": 50_000, "cost": 0.06},
+            "word_lm": {"steps": 20, "eval_every": 10, "vocab": 300, "d": 16, "batch": 32, "val_batch": 256,
+                        "max_words": 20_000, "cost": 0.04},
+            "cifar10_cnn": {"steps": 10, "eval_every": 5, "width": 4, "n_train": 256, "n_test": 128,
+                            "batch": 32, "downsample": 4, "cost": 0.05},
+        },
+    },
+    "default": {
+        "trials": 8, "seeds": 3,
+        "tasks": {
+            **{name: dict(_LANDSCAPE_DEFAULT) for name in TASK_NAMES[:6]},
+            "quadratic_deep": {"steps": 200, "eval_every": 10, "cost": 0.15},
+            "digits_mlp": {"steps": 300, "eval_every": 25, "cost": 0.2},
+            "digits_cnn": {"steps": 250, "eval_every": 25, "cost": 0.45},
+            "char_gpt": {"steps": 150, "eval_every": 15, "cost": 1.0},
+            "word_lm": {"steps": 300, "eval_every": 25, "cost": 0.6},
+            "cifar10_cnn": {"steps": 150, "eval_every": 25, "n_test": 1000, "width": 12, "cost": 1.5},
+        },
+    },
+    "full": {
+        "trials": 30, "seeds": 5,
+        "tasks": {
+            **{name: {"steps": 1000, "eval_every": 10, "cost": 0.3} for name in TASK_NAMES[:6]},
+            "quadratic_deep": {"steps": 1000, "eval_every": 20, "cost": 0.7},
+            "digits_mlp": {"steps": 2000, "eval_every": 50, "cost": 1.2},
+            "digits_cnn": {"steps": 2000, "eval_every": 50, "width": 16, "cost": 6.0},
+            "char_gpt": {"steps": 2000, "eval_every": 100, "d": 128, "layers": 4, "heads": 4, "block": 64,
+                         "batch": 32, "cost": 150.0},
+            "word_lm": {"steps": 3000, "eval_every": 100, "vocab": 5000, "d": 64, "hidden": 128, "cost": 25.0},
+            "cifar10_cnn": {"steps": 3000, "eval_every": 100, "n_train": 50000, "n_test": 10000, "width": 32,
+                            "downsample": 1, "batch": 128, "cost": 400.0},
+        },
+    },
+}
+
+
+def suite(name: str) -> dict:
+    return SUITES[name]

@@ -1,0 +1,33 @@
+"""The lab's tasks. `build_tasks` makes them from a suite's configuration."""
+from __future__ import annotations
+
+from .base import RunResult, Task
+from .charlm import CharLM, DataError
+from .cifar import Cifar10Task
+from .digits import DigitsCNNTask, DigitsMLPTask
+from .embeddings import WordLMTask
+from .landscapes import LANDSCAPES, LandscapeTask
+from .quadratic import QuadraticDeep
+
+TASK_NAMES = [*LANDSCAPES, "quadratic_deep", "digits_mlp", "digits_cnn", "char_gpt", "word_lm", "cifar10_cnn"]
+
+
+def build_task(name: str, config: dict, *, text: str | None = None, cifar_dir: str | None = None) -> Task:
+    if name in LANDSCAPES:
+        return LandscapeTask(name, **config)
+    if name == "quadratic_deep":
+        return QuadraticDeep(**config)
+    if name == "digits_mlp":
+        return DigitsMLPTask(**config)
+    if name == "digits_cnn":
+        return DigitsCNNTask(**config)
+    if name == "char_gpt":
+        return CharLM(text=text, **config)
+    if name == "word_lm":
+        return WordLMTask(text=text, **config)
+    if name == "cifar10_cnn":
+        return Cifar10Task(data_dir=cifar_dir, **config)
+    raise KeyError(name)
+
+
+__all__ = ["Task", "RunResult", "DataError", "TASK_NAMES", "build_task"]
