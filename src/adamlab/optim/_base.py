@@ -136,6 +136,11 @@ class AdamlabOptimizer(Optimizer):
     def _rule(o, p, g, st, s, c) -> None:
         raise NotImplementedError
 
+    def _flattens(self, c: dict[str, Any]) -> bool:
+        """Whether the compiled path may flatten the tensors of a group with constants ``c`` (default: the class's
+        ``_flatten_ok``); a rule that reduces over a dimension of some groups' tensors says so per group."""
+        return self._flatten_ok
+
     # ------------------------------------------------------------------ torch.optim contract
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -282,7 +287,7 @@ class AdamlabOptimizer(Optimizer):
         for k, v in s.items():
             if isinstance(v, Tensor):
                 st_s[k] = v.to(device=device, dtype=cdtype)
-        flat = self._flatten_ok
+        flat = self._flattens(c)
         fp = [p.view(-1) if flat else p for p in ps]
         fg = [g.reshape(-1) if flat else g for g in gs]
         fst = {k: [_flat(st[k], p) if flat else st[k] for st, p in zip(sts, ps)] for k in keys}

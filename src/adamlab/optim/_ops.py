@@ -23,6 +23,9 @@ from torch import Tensor
 __all__ = ["T", "F"]
 
 
+_LOW = (torch.bfloat16, torch.float16)
+
+
 def _is_num(a: Any) -> bool:
     return isinstance(a, Number)
 
@@ -80,7 +83,12 @@ class _TensorOps:
     @staticmethod
     def norm(x):
         """The 2-norm of each tensor, as a 0-d tensor (computed in at least float32)."""
-        return torch.linalg.vector_norm(x)
+        return torch.linalg.vector_norm(x, dtype=torch.float32 if x.dtype in _LOW else None)
+
+    @staticmethod
+    def mean(x, dim):
+        """The mean over ``dim`` (a reduction over the tensor: where a sharded parameter would all-reduce)."""
+        return torch.mean(x, dim=dim)
 
     # -- in place ----------------------------------------------------------------------------------
     @staticmethod
@@ -206,7 +214,13 @@ class _ForeachOps:
 
     @staticmethod
     def norm(x):
+        if any(t.dtype in _LOW for t in x):
+            return [_TensorOps.norm(t) for t in x]
         return list(torch._foreach_norm(x))
+
+    @staticmethod
+    def mean(x, dim):
+        return [_TensorOps.mean(t, dim) for t in x]
 
     @staticmethod
     def add_(x, y):
