@@ -74,7 +74,9 @@ def open_storage(url: str):
 
 
 def sampler() -> optuna.samplers.BaseSampler:
-    return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=0, warn_independent_sampling=False)
+    with warnings.catch_warnings():  # QMCSampler is "experimental" since Optuna 3.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=0, warn_independent_sampling=False)
 
 
 def load_study(storage, task: Task, opt: str) -> optuna.Study:
