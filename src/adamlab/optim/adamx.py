@@ -42,8 +42,8 @@ class AdamX(AdamlabOptimizer):
     Paper: M. Zhu, Q. Xiao, W. Min, "AdamNX: An Adam improvement algorithm based on a novel exponential decay
     mechanism for the second-order moment estimate", arXiv:2511.13465 (the repository is headed "AdamX").
     Reference: ``mengzhu0308/AdamNX``, ``adamnx/adamnx.py``, commit b68c319 (class ``AdamNX``). adamlab follows
-    its order of operations (weight decay, ``lerp_`` of m, v, ``addcdiv_``), so the plain loop matches it to the
-    last bit in float64. ``AdamNX`` is an alias of this class.
+    its order of operations (weight decay, ``lerp_`` of m, v, ``addcdiv_``), so on the CPU the loop and
+    multi-tensor paths reproduce it bit for bit (tested in float64). ``AdamNX`` is an alias of this class.
 
     Differences from the reference code:
 

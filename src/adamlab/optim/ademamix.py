@@ -55,7 +55,8 @@ class AdEMAMix(AdamlabOptimizer):
 
     Paper: Matteo Pagliardini, Pierre Ablin, David Grangier, "The AdEMAMix Optimizer: Better, Faster, Older",
     arXiv:2409.03137. Reference: ``apple/ml-ademamix``, ``pytorch/ademamix.py``, commit e732715. adamlab
-    follows its order of operations, so the plain loop matches it to the last bit in float64.
+    follows its order of operations, so on the CPU the loop and multi-tensor paths reproduce it bit for bit
+    (tested in float64).
 
     Differences from the reference code:
 

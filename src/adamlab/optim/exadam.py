@@ -35,13 +35,13 @@ class EXAdam(AdamlabOptimizer):
     Paper: Ahmed M. Adly, "EXAdam: The Power of Adaptive Cross-Moments", arXiv:2412.20302 (v1: growing
     step size; v2: constant step size). Reference: ``AhmedMostafa16/EXAdam``, ``exadam.py`` — commit 5ad536f
     (v2, constant η) and commit 9ff8463 (v1, ``lr·ln(√(t+1)·√2)``). adamlab follows the reference's order of
-    operations, so the plain loop matches it to the last bit in float64 (v1: to ~1 ulp of the logarithm).
+    operations: on the CPU the loop and multi-tensor paths reproduce it bit for bit (tested in float64).
 
     Differences from the reference code:
 
     * v1 and v2 are one class here: ``dynamic_step_size=False`` (default) is the current code (v2),
-      ``True`` is the February 2025 code (v1). The current reference file fails to construct because it still
-      calls ``np`` after dropping the numpy import; adamlab follows its documentation (paper v2).
+      ``True`` is the February 2025 code (v1). A revision of the reference file that uses ``np`` without
+      importing numpy fails to construct; adamlab implements the documented maths of each version.
     * ``maximize`` is added (the reference has none). The state names are ``exp_avg`` / ``exp_avg_sq``
       (the reference's ``m`` / ``v``), as in :class:`~adamlab.Adam`, so ``state_dtype`` policies carry over.
     * The reference's docstring calls ``weight_decay`` an "L2 penalty", but its code (and adamlab) decays the
