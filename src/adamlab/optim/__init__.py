@@ -3,9 +3,12 @@
 from ._base import AdamlabOptimizer, compiler_available
 from .adam import Adam, AdamW
 from .adamx import AdamNX, AdamX
+from .coupled import CoupledAdam
+from .critical import AdamCG, AdamCM
 from .ademamix import AdEMAMix
 from .exadam import EXAdam
 from .sgd import SGD, Adagrad, RMSprop
 
 __all__ = ["AdamlabOptimizer", "compiler_available",
-           "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "EXAdam", "AdamX", "AdamNX", "AdEMAMix"]
+           "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "EXAdam", "AdamX", "AdamNX", "AdEMAMix",
+           "AdamCM", "AdamCG", "CoupledAdam"]

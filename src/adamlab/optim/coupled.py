@@ -1,0 +1,90 @@
+"""Coupled Adam: AdamW whose second moment, for the tensors of coupled groups, is averaged over dim 0 (the
+vocabulary axis of an embedding matrix), so that every token shares one denominator per embedding dimension."""
+
+from __future__ import annotations
+
+import torch
+
+from ._base import AdamlabOptimizer, check_bool, check_common, check_range
+from .adam import adam_bias_scalars, adam_denominator
+
+__all__ = ["CoupledAdam"]
+
+
+class CoupledAdam(AdamlabOptimizer):
+    r"""Coupled Adam (Stollenwerk & Stollenwerk, 2025): AdamW with the second moment of coupled tensors averaged over
+    dim 0, which keeps the mean embedding of a language model from drifting.
+
+    .. math::
+        \begin{aligned}
+        &\theta \leftarrow \theta(1-\eta\lambda);\quad m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t;\quad
+          v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \quad \text{(stored per element)} \\
+        &\bar v_{t,j} = s\cdot\tfrac{1}{V}\textstyle\sum_i v_{t,ij} \quad \text{(coupled groups; else } \bar v_t = v_t)
+          \\
+        &\theta_{ij} \leftarrow \theta_{ij} - \frac{\eta}{1-\beta_1^t}\,
+          \frac{m_{t,ij}}{\sqrt{\bar v_{t,j}}/\sqrt{1-\beta_2^t} + \epsilon}
+        \end{aligned}
+
+    ``coupled`` and ``coupled_scale`` (s) are per param group: put the embedding matrices [V, H] (a tied LM head
+    included) in a group with ``coupled=True`` and everything else in groups with ``coupled=False``, which is AdamW
+    exactly; :func:`adamlab.groups.coupled_param_groups` builds those groups and :func:`adamlab.groups.coupled_adam`
+    the optimizer. A coupled tensor with a single row is AdamW exactly too (for s = 1). Since the LM-head gradient of
+    an embedding sums to zero over the vocabulary, one shared denominator per column keeps the column mean fixed.
+
+    Paper: "Better Embeddings with Coupled Adam", Stollenwerk & Stollenwerk, 2025 (arXiv 2502.08441).
+    Reference code: flxst/coupled-adam, ``nanoGPT/coupled_adam.py`` (commit ba54c74); ``avg_scale`` →
+    ``coupled_scale``.
+
+    Differences from the reference code:
+
+    * Coupling is per param group (``coupled``, ``coupled_scale``) and works in every implementation; the
+      reference couples every tensor the optimizer holds, with one ``avg_scale`` per optimizer, and only in its
+      multi-tensor path (its single-tensor and fused paths raise, and ``amsgrad`` silently uncouples).
+    * ``amsgrad``, ``capturable``, ``differentiable`` and ``fused`` are not ported; the defaults are the reference's
+      (``weight_decay=1e-2``; its training script trains the embeddings without weight decay, as the group helper does).
+
+    Example::
+
+        >>> emb = torch.nn.Embedding(100, 16)
+        >>> opt = CoupledAdam([{"params": emb.parameters(), "weight_decay": 0.0}], lr=1e-3)
+        >>> emb(torch.randint(0, 100, (8,))).pow(2).sum().backward(); opt.step()
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, coupled: bool = True, coupled_scale: float = 1.0, maximize: bool = False,
+                 **impl):
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+                        weight_decay=weight_decay, coupled=coupled, coupled_scale=coupled_scale, maximize=maximize)
+        super().__init__(params, defaults, **impl)
+
+    def _validate(self, group):
+        check_common(group, n_betas=2)
+        check_bool("coupled", group["coupled"])
+        check_range("coupled_scale", group["coupled_scale"], 0.0, lo_open=True)
+
+    def _init_state(self, p, group):
+        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    def _constants(self, group):
+        return dict(maximize=group["maximize"], decoupled=group["weight_decay"] != 0, coupled=group["coupled"])
+
+    def _flattens(self, c):
+        return not c["coupled"]  # the mean over dim 0 needs the tensor's own shape
+
+    def _scalars(self, group, step):
+        s = adam_bias_scalars(group, step)
+        s.update(decay_factor=1 - group["lr"] * group["weight_decay"], coupled_scale=group["coupled_scale"])
+        return s
+
+    @staticmethod
+    def _rule(o, p, g, st, s, c):
+        if c["maximize"]:
+            g = o.neg(g)
+        if c["decoupled"]:
+            o.mul_(p, s["decay_factor"])
+        m = o.lerp_(st["exp_avg"], g, s["one_minus_beta1"])
+        v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g, g, s["one_minus_beta2"])
+        if c["coupled"]:
+            v = o.mul(o.mean(v, 0), s["coupled_scale"])  # one value per column, broadcast over the rows
+        o.addcdiv_(p, m, adam_denominator(o, v, s), s["neg_step_size"])

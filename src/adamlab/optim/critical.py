@@ -1,0 +1,280 @@
+"""Adam with critical momenta (AdamCM) and with critical gradients (AdamCG): Adam whose update direction adds the
+mean of a small buffer of past momenta (or gradients) kept by gradient-norm priority.
+
+The buffer of each parameter tensor lives in three plain state tensors, so ``state_dict()`` round-trips it exactly:
+
+* ``buffer`` ``[C, *p.shape]``: the stored tensors (empty slots hold zeros);
+* ``priorities`` ``[C]``: their priorities (float32 at least), decayed by ``priority_decay`` after every step;
+* ``count``: how many slots are filled (int64, 0-d). Slots fill in order 0, 1, ...; once full, a new entry replaces
+  the first slot of lowest priority when its priority is strictly higher, else it is discarded.
+
+All the buffer logic is branch-free tensor code (``argmin``, ``where``, ``index_copy_``), the same in the loop,
+multi-tensor and compiled paths.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _ops
+from ._base import AdamlabOptimizer, check_bool, check_common, check_range
+from .adam import Adam, adam_bias_scalars, adam_denominator
+
+__all__ = ["AdamCM", "AdamCG"]
+
+_AGGREGATIONS = ("sum", "mean", "mid")
+_LOW = (torch.bfloat16, torch.float16)
+
+
+# ---------------------------------------------------------------------- the buffer, one tensor at a time
+def _buffer_state(p: Tensor, size: int) -> dict[str, Tensor]:
+    prio_dtype = torch.float32 if p.dtype in _LOW else p.dtype
+    return {"buffer": p.new_zeros((size, *p.shape)),
+            "priorities": torch.zeros(size, dtype=prio_dtype, device=p.device),
+            "count": torch.zeros((), dtype=torch.int64, device=p.device)}
+
+
+def _slot_sum(buf: Tensor) -> Tensor:
+    """Σ of the stored tensors (the empty slots hold zeros, so the sum over all slots is the sum over the filled)."""
+    return buf.sum(0)
+
+
+def _slot_mean(buf: Tensor, count: Tensor) -> Tensor:
+    """Mean of the stored tensors; 0 while the buffer is empty."""
+    return _slot_sum(buf).div(count.clamp(min=1))
+
+
+def _offer(buf: Tensor, prio: Tensor, count: Tensor, value: Tensor, priority: Tensor) -> None:
+    """Offer ``value`` with ``priority``: fill the next empty slot; once full, replace the first slot of lowest
+    priority if ``priority`` is strictly higher, else discard (the reference's ``argmin`` and ``>``)."""
+    full = count >= buf.shape[0]
+    slot = torch.where(full, torch.argmin(prio), count).reshape(1)
+    new = priority.to(device=prio.device, dtype=prio.dtype).reshape(1)
+    old = prio.index_select(0, slot)
+    accept = (new > old) | ~full
+    row = torch.where(accept.reshape((1,) * buf.dim()), value.unsqueeze(0).to(buf.dtype), buf.index_select(0, slot))
+    buf.index_copy_(0, slot, row)
+    prio.index_copy_(0, slot, torch.where(accept, new, old))
+    count.add_((~full).to(count.dtype))
+
+
+def synced_priority(grads: list[Tensor]) -> Tensor:
+    """One priority for a whole param group: Σ over its tensors of ‖g‖₂ (the reference's ``synced=True``)."""
+    norms = _ops.F.norm(list(grads))
+    device = norms[0].device
+    return torch.stack([n.to(device) for n in norms]).sum()
+
+
+def _aggregate_sum(g: Tensor, buf: Tensor, count: Tensor) -> Tensor:
+    return torch.add(g, _slot_mean(buf, count))
+
+
+def _aggregate_mean(g: Tensor, buf: Tensor, count: Tensor) -> Tensor:
+    return torch.add(g, _slot_sum(buf)).div(count + 1)
+
+
+def _aggregate_mid(g: Tensor, buf: Tensor, count: Tensor) -> Tensor:
+    # ½(g + mean(buffer)); on the first call (empty buffer) the reference uses g itself
+    return torch.add(g, _slot_mean(buf, count)).mul(torch.where(count > 0, 0.5, 1.0).to(g.dtype))
+
+
+_AGGREGATE = {"sum": _aggregate_sum, "mean": _aggregate_mean, "mid": _aggregate_mid}
+
+
+# ---------------------------------------------------------------------- shared plumbing
+class _CriticalBase(AdamlabOptimizer):
+    """Arguments, state and scalars shared by :class:`AdamCM` and :class:`AdamCG`."""
+
+    _decoupled_decay: bool  # AdamCM: θ(1 − ηλ); AdamCG: L2 added to the aggregated gradient
+
+    def _validate(self, group):
+        check_common(group, n_betas=2)
+        size = group["buffer_size"]
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"buffer_size must be an int, got {type(size).__name__}")
+        if size < 1:
+            raise ValueError(f"Invalid buffer_size: {size!r} (expected an int >= 1)")
+        check_range("priority_decay", group["priority_decay"], 0.0, 1.0)
+        check_range("kappa", group["kappa"], 0.0)
+        check_bool("synced", group["synced"])
+
+    def _init_state(self, p, group):
+        st = {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+              "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        if group["kappa"] > 0:
+            st.update(_buffer_state(p, group["buffer_size"]))
+        return st
+
+    def _constants(self, group):
+        wd = group["weight_decay"] != 0
+        return dict(maximize=group["maximize"], buffer=group["kappa"] > 0, synced=group["synced"], amsgrad=False,
+                    decoupled=wd and self._decoupled_decay, l2=wd and not self._decoupled_decay)
+
+    def _scalars(self, group, step):
+        s = adam_bias_scalars(group, step)
+        lr, wd = group["lr"], group["weight_decay"]
+        s.update(beta1=group["betas"][0], weight_decay=wd, decay_factor=1 - lr * wd,
+                 priority_decay=group["priority_decay"])
+        return s
+
+    def _prepare(self, group, params, grads):
+        if group["kappa"] > 0 and group["synced"]:
+            return {"priority": synced_priority(grads)}
+        return {}
+
+
+# ---------------------------------------------------------------------- AdamCM
+class AdamCM(_CriticalBase):
+    r"""Adam with critical momenta (Malviya et al., 2023): Adam driven by the momentum plus the mean of a buffer of
+    past momenta kept by gradient-norm priority.
+
+    .. math::
+        \begin{aligned}
+        &\theta \leftarrow \theta(1-\eta\lambda) \\
+        &\text{first call: } B.\mathrm{offer}(\pi_t, g_t);\ m \text{ stays } 0;\ \tilde m_t = 0 \\
+        &\text{later: } m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t;\quad
+            \tilde m_t = m_t + \mathrm{mean}(B);\quad B.\mathrm{offer}(\pi_t, m_t) \\
+        &v_t = \beta_2 v_{t-1} + (1-\beta_2)\tilde m_t^2;\quad
+          \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}\,\frac{\tilde m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t}+\epsilon};
+          \quad \pi_B \leftarrow \gamma\,\pi_B
+        \end{aligned}
+
+    ``mean(B)`` is taken before this step's offer. The priority π_t is Σ over the group's tensors of ‖g‖₂ when
+    ``synced`` (one value per group), else ‖g‖₂ of the tensor. ``offer`` fills the next of ``buffer_size`` (C) slots;
+    once full it replaces the first slot of lowest priority when π_t is strictly higher, else discards. All stored
+    priorities decay by ``priority_decay`` (γ) after every step. The first call leaves θ unchanged apart from weight
+    decay; ``kappa=0`` switches the buffer off and gives :class:`Adam` exactly (with decoupled decay when λ ≠ 0).
+    State per tensor: ``exp_avg``, ``exp_avg_sq``, ``buffer`` [C, *shape], ``priorities`` [C], ``count``.
+
+    Paper: "Promoting Exploration in Memory-Augmented Adam using Critical Momenta", Malviya et al., 2023
+    (arXiv 2307.09638). Reference code: chandar-lab/CMOptimizer, ``cmoptimizer/optim.py`` ``Adam_CM``
+    (commit 37f2b39) with ``cmoptimizer/prioritydict.py`` ``TensorList`` (commit 4aad38e); names: ``topC`` →
+    ``buffer_size``, ``decay`` → ``priority_decay``.
+
+    Differences from the reference code:
+
+    * ``kappa=0`` gives plain Adam (the reference documents this but crashes with a ``KeyError``); any ``kappa > 0``
+      switches the buffer on and, as in the reference, its value scales nothing.
+    * The buffer is in plain state tensors, so ``load_state_dict`` restores it and the step count exactly (the
+      reference's dict-based buffer is emptied by ``load_state_dict`` and its state re-initialised).
+    * The buffer mean is recomputed from the stored slots each step instead of a running sum updated by add and
+      subtract (same value to round-off, no drift, one parameter-sized tensor less).
+    * With ``eps=0`` the first call leaves θ unchanged (the reference divides 0 by 0 there).
+    * ``maximize`` is added; ``amsgrad``, ``critical_test`` (its default 0.0 always takes the priority test),
+      ``buffer_dtype`` and the statistics counters are not ported; ``buffer_size`` must be >= 1.
+
+    Example::
+
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = AdamCM(model.parameters(), lr=1e-3, buffer_size=5, priority_decay=0.7)
+        >>> model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()
+    """
+
+    _decoupled_decay = True
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, buffer_size: int = 5, priority_decay: float = 0.7, kappa: float = 1.0,
+                 synced: bool = True, maximize: bool = False, **impl):
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+                        weight_decay=weight_decay, buffer_size=buffer_size, priority_decay=priority_decay,
+                        kappa=kappa, synced=synced, maximize=maximize)
+        super().__init__(params, defaults, **impl)
+
+    def _scalars(self, group, step):
+        s = super()._scalars(group, step)
+        first = step == 1 and group["kappa"] > 0
+        # m stays 0 on the first call (m_coef = 0); the stored value m + first·g is then g itself
+        s.update(m_coef=0.0 if first else 1 - group["betas"][0], first=1.0 if first else 0.0)
+        if first:
+            s["eps"] = 1.0  # the first aggregate is exactly 0, so the update is 0 for any ε > 0; 1 keeps 0/0 away
+        return s
+
+    @staticmethod
+    def _rule(o, p, g, st, s, c):
+        if not c["buffer"]:
+            return Adam._rule(o, p, g, st, s, c)
+        if c["maximize"]:
+            g = o.neg(g)
+        if c["decoupled"]:
+            o.mul_(p, s["decay_factor"])
+        buf, prio, count = st["buffer"], st["priorities"], st["count"]
+        m = o.axpy_(o.mul_(st["exp_avg"], s["beta1"]), g, s["m_coef"])
+        m_cm = o.add(m, o.per(_slot_mean, buf, count))
+        priority = s["priority"] if c["synced"] else o.norm(g)
+        o.per(_offer, buf, prio, count, o.axpy(m, g, s["first"]), priority)
+        v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), m_cm, m_cm, s["one_minus_beta2"])
+        o.addcdiv_(p, m_cm, adam_denominator(o, v, s), s["neg_step_size"])
+        o.mul_(prio, s["priority_decay"])
+
+
+# ---------------------------------------------------------------------- AdamCG
+class AdamCG(_CriticalBase):
+    r"""Adam with critical gradients (McRae et al., 2022; the ``Adam_C`` of the critical-momenta code): Adam on the
+    gradient plus the mean of a buffer of past gradients kept by gradient-norm priority.
+
+    .. math::
+        \begin{aligned}
+        &\text{first call: } \hat g_t = g_t \\
+        &\text{later: } \hat g_t = g_t + \mathrm{mean}(B)\ (\texttt{sum});\
+            \tfrac{g_t + \Sigma B}{|B|+1}\ (\texttt{mean});\ \tfrac12\big(g_t + \mathrm{mean}(B)\big)\ (\texttt{mid}) \\
+        &B.\mathrm{offer}(\pi_t, g_t);\quad \hat g_t \leftarrow \hat g_t + \lambda\theta \\
+        &m_t = \beta_1 m_{t-1} + (1-\beta_1)\hat g_t;\quad v_t = \beta_2 v_{t-1} + (1-\beta_2)\hat g_t^2;\quad
+          \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}\,\frac{m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t}+\epsilon};
+          \quad \pi_B \leftarrow \gamma\,\pi_B
+        \end{aligned}
+
+    The buffer (mean taken before this step's offer), the priority π_t and ``offer`` are as in :class:`AdamCM`, but
+    the buffer stores raw gradients. Weight decay is L2, added after aggregation (the buffer and the priority use the
+    raw g). ``kappa=0`` switches the buffer off and gives :class:`Adam` exactly (with L2 decay).
+
+    Papers: "Memory Augmented Optimizers for Deep Learning", McRae et al., ICLR 2022 (arXiv 2106.10708), and
+    Malviya et al., 2023 (arXiv 2307.09638). Reference code: chandar-lab/CMOptimizer, ``cmoptimizer/optim.py``
+    ``Adam_C`` (commit 37f2b39); ``aggregation="mean"``/``"mid"`` follow the ICLR'22 CGOptimizer ``aggregate``.
+
+    Differences from the reference code: as :class:`AdamCM` (``kappa=0`` works, buffer in state tensors, mean
+    recomputed from the slots, ``maximize`` added, ``amsgrad``/``critical_test``/``buffer_dtype`` not ported), plus
+    ``aggregation``: the CMOptimizer ``Adam_C`` only sums (``"sum"``, the default here); ``"mean"`` (the CGOptimizer
+    default) and ``"mid"`` take CGOptimizer's formulas with its ``kappa`` factor fixed at 1.
+
+    Example::
+
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = AdamCG(model.parameters(), lr=1e-3, buffer_size=10, aggregation="mean")
+        >>> model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()
+    """
+
+    _decoupled_decay = False
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, buffer_size: int = 10, priority_decay: float = 0.7, kappa: float = 1.0,
+                 synced: bool = True, aggregation: str = "sum", maximize: bool = False, **impl):
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+                        weight_decay=weight_decay, buffer_size=buffer_size, priority_decay=priority_decay,
+                        kappa=kappa, synced=synced, aggregation=aggregation, maximize=maximize)
+        super().__init__(params, defaults, **impl)
+
+    def _validate(self, group):
+        super()._validate(group)
+        if group["aggregation"] not in _AGGREGATIONS:
+            raise ValueError(f"Invalid aggregation: {group['aggregation']!r} (expected one of {_AGGREGATIONS})")
+
+    def _constants(self, group):
+        return dict(super()._constants(group), aggregation=group["aggregation"])
+
+    @staticmethod
+    def _rule(o, p, g, st, s, c):
+        if not c["buffer"]:
+            return Adam._rule(o, p, g, st, s, c)
+        if c["maximize"]:
+            g = o.neg(g)
+        buf, prio, count = st["buffer"], st["priorities"], st["count"]
+        g_aggr = o.per(_AGGREGATE[c["aggregation"]], g, buf, count)
+        priority = s["priority"] if c["synced"] else o.norm(g)
+        o.per(_offer, buf, prio, count, g, priority)
+        if c["l2"]:
+            g_aggr = o.axpy(g_aggr, p, s["weight_decay"])
+        m = o.axpy_(o.mul_(st["exp_avg"], s["beta1"]), g_aggr, s["one_minus_beta1"])
+        v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g_aggr, g_aggr, s["one_minus_beta2"])
+        o.addcdiv_(p, m, adam_denominator(o, v, s), s["neg_step_size"])
+        o.mul_(prio, s["priority_decay"])
