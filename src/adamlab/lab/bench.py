@@ -1,14 +1,13 @@
 """`adamlab bench`: validate the request, recover the storage, tune, re-run over seeds, report."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict
 
 from . import space
-from .protocol import (BenchConfig, Runner, final_job, final_jobs, load_study, make_tasks, open_storage,
-                       recover, tune_job, tuning_jobs)
+from .protocol import (BenchConfig, Runner, final_job, final_jobs, make_tasks, open_storage, recover, tune_job,
+                       tuning_jobs)
 from .store import Store
 from .suites import SUITES
 from .tasks import TASK_NAMES, DataError
@@ -116,4 +115,4 @@ def run_bench(cfg: BenchConfig, *, explicit_tasks: bool = False, quiet: bool = F
     return summary
 
 
-__all__ = ["LabError", "run_bench", "resolve", "load_study", "math"]
+__all__ = ["LabError", "run_bench", "resolve"]

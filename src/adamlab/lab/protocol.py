@@ -11,6 +11,7 @@ completed is deleted, so no finished trial is lost or counted twice.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import multiprocessing as mp
@@ -68,9 +69,19 @@ def study_name(task: Task, opt: str) -> str:
 
 
 def open_storage(url: str):
-    if url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 300}})
-    return optuna.storages.get_storage(url)
+    if not url.startswith("sqlite"):
+        return optuna.storages.get_storage(url)
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 300}})
+
+    def pragmas(dbapi_con, _record):  # WAL: readers never block the writer; NORMAL: no fsync per commit in WAL
+        dbapi_con.execute("PRAGMA journal_mode=WAL")
+        dbapi_con.execute("PRAGMA synchronous=NORMAL")
+
+    event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()
+    return storage
 
 
 def sampler() -> optuna.samplers.BaseSampler:
@@ -124,7 +135,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def init_worker(cfg_dict: dict, child: bool = True) -> None:
+def init_worker(cfg_dict: dict, child: bool = True, ask_lock=None) -> None:
     if child:
         _die_with_parent()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -132,7 +143,8 @@ def init_worker(cfg_dict: dict, child: bool = True) -> None:
     torch.set_num_threads(max(1, cfg.threads))
     warnings.filterwarnings("ignore", category=UserWarning)
     _CTX.clear()
-    _CTX.update(cfg=cfg, tasks=make_tasks(cfg), store=Store(cfg.db_path), storage=open_storage(cfg.storage_url))
+    _CTX.update(cfg=cfg, tasks=make_tasks(cfg), store=Store(cfg.db_path), storage=open_storage(cfg.storage_url),
+                ask_lock=ask_lock if ask_lock is not None else contextlib.nullcontext())
 
 
 def execute(task: Task, opt: str, params: dict, seed: int, final: bool):
@@ -150,8 +162,13 @@ def execute(task: Task, opt: str, params: dict, seed: int, final: bool):
 def tune_job(job: tuple[str, str]) -> dict:
     task_name, opt = job
     task, store, storage = _CTX["tasks"][task_name], _CTX["store"], _CTX["storage"]
-    study = load_study(storage, task, opt)
-    with warnings.catch_warnings():
+    key = (task_name, opt)
+    if key not in _CTX.setdefault("studies", {}):
+        _CTX["studies"][key] = load_study(storage, task, opt)
+    study = _CTX["studies"][key]
+    # Optuna's pop of an enqueued trial and QMCSampler's sample counter are read-modify-write on the storage:
+    # workers take turns asking, so no two get the same trial or the same quasi-random point.
+    with _CTX["ask_lock"], warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trial = study.ask()
         params = space.suggest(trial, opt)
@@ -233,8 +250,9 @@ class Runner:
                 it = map(fn, jobs)
             else:
                 if self.pool is None:
-                    self.pool = mp.get_context("spawn").Pool(self.cfg.workers, initializer=init_worker,
-                                                             initargs=(asdict(self.cfg),))
+                    ctx = mp.get_context("spawn")
+                    self.pool = ctx.Pool(self.cfg.workers, initializer=init_worker,
+                                         initargs=(asdict(self.cfg), True, ctx.Lock()))
                 it = self.pool.imap_unordered(fn, jobs)
             for r in it:
                 out.append(r)
