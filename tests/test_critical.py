@@ -1,0 +1,327 @@
+"""AdamCM and AdamCG: SPEC section 8 vectors, parity with the float64 port of the authors' code (slot by slot),
+the three paths, the Adam ⊆ AdamCM/AdamCG rows, the defining behaviour, state memory, validation, exact resume."""
+
+import io
+
+import pytest
+import torch
+
+import adamlab
+from reference_cm import Adam_C, Adam_CM
+from trajectory import fake_grad, make_params, max_rel
+
+G5 = [1.0, -2.0, 0.5, 3.0, -1.0]
+SHAPES = ((5, 3), (7,), (1,), (2, 2, 3), (6,))
+
+
+def _spec_run(make, shape):
+    p = torch.ones(shape, dtype=torch.float64, requires_grad=True)
+    opt = make([p])
+    out = []
+    for g in G5:
+        p.grad = torch.full(shape, g, dtype=torch.float64)
+        opt.step()
+        out.append(p.detach().flatten()[0].item())
+    return out
+
+
+# ---------------------------------------------------------------------- SPEC section 8
+@pytest.mark.parametrize("shape", [(), (3,)], ids=["scalar", "vector"])
+def test_spec_vectors(path, shape):
+    if shape == () and "compiled" in path:
+        pytest.skip("a 0-d tensor takes the eager path; the (3,) case covers the compiled one")
+    # with one tensor of equal entries every priority scales by the same √n, so the vectors hold for any n
+    cm2 = _spec_run(lambda ps: adamlab.AdamCM(ps, lr=0.1, buffer_size=2, priority_decay=0.7, **path), shape)
+    cm5 = _spec_run(lambda ps: adamlab.AdamCM(ps, lr=0.1, buffer_size=5, priority_decay=0.7, **path), shape)
+    cg2 = _spec_run(lambda ps: adamlab.AdamCG(ps, lr=0.1, buffer_size=2, priority_decay=0.7, **path), shape)
+    assert cm2 == pytest.approx([1.0, 0.2558631896, 0.0514924905, 0.0390947172, 0.0028222906], abs=1e-9)
+    assert cm5 == pytest.approx([1.0, 0.2558631896, 0.0514924905, -0.2007047184, -0.3560144441], abs=1e-9)
+    assert cg2 == pytest.approx([0.900000001, 0.9052631588, 0.9093315951, 0.8618848905, 0.8325686681], abs=1e-9)
+
+
+# ---------------------------------------------------------------------- parity with the authors' code
+def _scale(t, i):
+    """Gradient scales that vary by step and tensor, so priorities cross and full buffers both replace and discard."""
+    return 1.0 + 2.0 * ((7 * t + 3 * i) % 5)
+
+
+def _trajectory(make, steps=36, none_grad=True, lr_change=True, record=None):
+    ps = make_params(0, shapes=SHAPES)
+    opt = make([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}])
+    for t in range(steps):
+        for i, p in enumerate(ps):
+            # the (1,) tensor has no gradient on every third step: it is skipped, as in the reference
+            p.grad = None if none_grad and i == 2 and t % 3 == 1 else fake_grad(p, t) * _scale(t, i)
+        if lr_change and t == 20:
+            for g in opt.param_groups:
+                g["lr"] *= 0.5
+        opt.step()
+        if record is not None:
+            record(t, ps, opt)
+    return torch.cat([p.detach().flatten() for p in ps]), opt
+
+
+CM_CASES = [dict(buffer_size=c, synced=s, weight_decay=wd, priority_decay=d)
+            for c in (1, 2, 5) for s in (True, False) for wd, d in ((0.0, 0.7), (0.1, 0.9))]
+CG_CASES = [dict(buffer_size=c, synced=s, weight_decay=wd, aggregation=a)
+            for c in (1, 3) for s in (True, False) for wd in (0.0, 0.1) for a in ("sum", "mean", "mid")]
+
+
+def _ref_kw(kw):
+    out = dict(topC=kw["buffer_size"], synced=kw["synced"], weight_decay=kw["weight_decay"])
+    if "priority_decay" in kw:
+        out["decay"] = kw["priority_decay"]
+    if "aggregation" in kw:
+        out["aggr"] = kw["aggregation"]
+    return out
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+@pytest.mark.parametrize("kw", CM_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_adamcm_matches_reference(kw, foreach):
+    a, _ = _trajectory(lambda g: adamlab.AdamCM(g, lr=0.05, foreach=foreach, **kw))
+    b, _ = _trajectory(lambda g: Adam_CM(g, lr=0.05, **_ref_kw(kw)))
+    assert max_rel(a, b) < 1e-9
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+@pytest.mark.parametrize("kw", CG_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_adamcg_matches_reference(kw, foreach):
+    a, _ = _trajectory(lambda g: adamlab.AdamCG(g, lr=0.05, foreach=foreach, **kw))
+    b, _ = _trajectory(lambda g: Adam_C(g, lr=0.05, **_ref_kw(kw)))
+    assert max_rel(a, b) < 1e-9
+
+
+@pytest.mark.parametrize("cls,ref", [(adamlab.AdamCM, Adam_CM), (adamlab.AdamCG, Adam_C)], ids=["CM", "CG"])
+@pytest.mark.parametrize("synced", [True, False])
+def test_buffer_matches_reference_slot_by_slot(cls, ref, synced):
+    """After every step the stored tensors, their priorities and the fill count equal the reference's TensorList
+    slot for slot; both replacement and discard of a full buffer happen on the way."""
+    size = 3
+    ours, theirs, events = [], [], {"replace": 0, "discard": 0}
+
+    def snap(store):
+        def record(t, ps, opt):
+            rows = []
+            for p in ps:
+                st = opt.state[p]
+                if isinstance(opt, cls):
+                    rows.append((int(st["count"]), st["priorities"].clone(), st["buffer"].clone()))
+                else:
+                    tl = st["critical gradients"]
+                    rows.append((tl.curr_k, tl._heap_key.clone(), tl._heap.clone()))
+            store.append(rows)
+        return record
+
+    _trajectory(lambda g: cls(g, lr=0.05, buffer_size=size, synced=synced, priority_decay=0.9), record=snap(ours))
+    _trajectory(lambda g: ref(g, lr=0.05, topC=size, synced=synced, decay=0.9), record=snap(theirs))
+    for t, (a_rows, b_rows) in enumerate(zip(ours, theirs)):
+        for i, ((ca, pa, ba), (cb, pb, bb)) in enumerate(zip(a_rows, b_rows)):
+            assert ca == cb
+            torch.testing.assert_close(pa, pb, rtol=1e-12, atol=0)
+            torch.testing.assert_close(ba, bb, rtol=1e-12, atol=1e-300)
+            if t > 0 and ours[t - 1][i][0] == size and not (i == 2 and t % 3 == 1):
+                changed = int((ours[t - 1][i][2] != ba).flatten(1).any(1).sum())
+                events["replace" if changed else "discard"] += 1
+    assert events["replace"] > 0 and events["discard"] > 0, events
+
+
+# ---------------------------------------------------------------------- the three paths
+PATH_CASES = [
+    (adamlab.AdamCM, dict(buffer_size=3, synced=False, weight_decay=0.1, maximize=True)),
+    (adamlab.AdamCG, dict(buffer_size=3, synced=True, weight_decay=0.1, aggregation="mid")),
+    (adamlab.AdamCG, dict(buffer_size=2, synced=False, aggregation="mean")),
+]
+
+
+@pytest.mark.parametrize("cls,kw", PATH_CASES, ids=["CM", "CG-mid", "CG-mean"])
+def test_paths_agree(cls, kw):
+    ref, _ = _trajectory(lambda g: cls(g, lr=0.05, foreach=False, **kw))
+    fe, _ = _trajectory(lambda g: cls(g, lr=0.05, foreach=True, **kw))
+    co, opt = _trajectory(lambda g: cls(g, lr=0.05, compiled=True, **kw))
+    assert max_rel(fe, ref) < 1e-12
+    assert max_rel(co, ref) < 1e-12
+    # no silent fallback: the compiled path ran wherever this machine can compile
+    assert opt.implementation == ("compiled" if adamlab.optim.compiler_available() else "foreach")
+
+
+def test_maximize_is_minimizing_the_negated_gradient():
+    def run(maximize, sign):
+        ps = make_params(0, shapes=SHAPES)
+        opt = adamlab.AdamCM(ps, lr=0.05, buffer_size=2, maximize=maximize, foreach=False)
+        for t in range(10):
+            for i, p in enumerate(ps):
+                p.grad = sign * fake_grad(p, t) * _scale(t, i)
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in ps])
+
+    assert torch.equal(run(True, -1.0), run(False, 1.0))
+
+
+# ---------------------------------------------------------------------- Adam ⊆ AdamCM, Adam ⊆ AdamCG
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_adamcm_kappa0_is_adam(path, wd):
+    if "compiled" in path and wd == 0.0:
+        pytest.skip("one compiled case is enough")
+    a, _ = _trajectory(lambda g: adamlab.AdamCM(g, lr=0.05, kappa=0.0, weight_decay=wd, **path), none_grad=False)
+    b, _ = _trajectory(lambda g: torch.optim.Adam(g, lr=0.05, weight_decay=wd, decoupled_weight_decay=True),
+                       none_grad=False)
+    assert max_rel(a, b) <= 1e-12
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_adamcg_kappa0_is_adam(wd):
+    for foreach in (False, True):
+        a, opt = _trajectory(lambda g: adamlab.AdamCG(g, lr=0.05, kappa=0.0, weight_decay=wd, foreach=foreach))
+        b, _ = _trajectory(lambda g: torch.optim.Adam(g, lr=0.05, weight_decay=wd))
+        assert max_rel(a, b) <= 1e-12
+        assert "buffer" not in next(iter(opt.state.values()))  # no buffer memory when it is off
+
+
+# ---------------------------------------------------------------------- defining behaviour
+@pytest.mark.parametrize("eps", [1e-8, 0.0])
+def test_adamcm_first_step_leaves_params_unchanged(eps):
+    ps = make_params(3, shapes=SHAPES)
+    before = [p.detach().clone() for p in ps]
+    opt = adamlab.AdamCM(ps, lr=0.1, eps=eps)
+    for p in ps:
+        p.grad = fake_grad(p, 0)
+    opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, before))
+    # only the gradient went into the buffer; m and v stayed 0
+    for p in ps:
+        st = opt.state[p]
+        assert int(st["count"]) == 1 and torch.equal(st["buffer"][0], p.grad)
+        assert not st["exp_avg"].any() and not st["exp_avg_sq"].any()
+
+
+def test_adamcm_first_step_with_weight_decay_only_decays():
+    ps = make_params(3, shapes=SHAPES)
+    before = [p.detach().clone() for p in ps]
+    opt = adamlab.AdamCM(ps, lr=0.1, weight_decay=0.2)
+    for p in ps:
+        p.grad = fake_grad(p, 0)
+    opt.step()
+    assert all(torch.equal(p, q * (1 - 0.1 * 0.2)) for p, q in zip(ps, before))
+
+
+@pytest.mark.parametrize("cls,size", [(adamlab.AdamCM, 5), (adamlab.AdamCG, 10)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_state_memory(cls, size, dtype):
+    """Per tensor: m, v and C stored tensors, (C+2)·numel·itemsize, plus C priorities, the count and the step."""
+    p = torch.zeros(4, 6, dtype=dtype, requires_grad=True)
+    opt = cls([p])
+    p.grad = torch.ones_like(p)
+    opt.step()
+    st = opt.state[p]
+    assert set(st) == {"step", "exp_avg", "exp_avg_sq", "buffer", "priorities", "count"}
+    item = p.element_size()
+    assert sum(st[k].nbytes for k in ("exp_avg", "exp_avg_sq", "buffer")) == (size + 2) * p.numel() * item
+    assert st["priorities"].shape == (size,) and st["priorities"].dtype == dtype
+    total = sum(t.nbytes for t in st.values())
+    assert total == (size + 2) * p.numel() * item + size * item + st["count"].nbytes + st["step"].nbytes
+
+
+def test_bf16_params_keep_float32_priorities():
+    ps = [torch.randn(8, 3, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
+    outs = []
+    for foreach in (False, True):
+        qs = [p.detach().clone().requires_grad_() for p in ps]
+        opt = adamlab.AdamCM(qs, lr=0.01, buffer_size=2, foreach=foreach)
+        for t in range(6):
+            for q in qs:
+                q.grad = (torch.sin(q.detach().float() + t) * (1 + t % 3)).bfloat16()
+            opt.step()
+        st = opt.state[qs[0]]
+        assert st["priorities"].dtype == torch.float32 and st["buffer"].dtype == torch.bfloat16
+        outs.append(torch.cat([q.detach().flatten() for q in qs]))
+    assert torch.equal(outs[0], outs[1])
+
+
+# ---------------------------------------------------------------------- validation
+@pytest.mark.parametrize("cls", [adamlab.AdamCM, adamlab.AdamCG])
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(buffer_size=0), ValueError, r"buffer_size.*>= 1"),
+    (dict(buffer_size=2.5), TypeError, "buffer_size"),
+    (dict(buffer_size=True), TypeError, "buffer_size"),
+    (dict(priority_decay=-0.1), ValueError, r"priority_decay.*\[0\.0, 1\.0\]"),
+    (dict(priority_decay=1.5), ValueError, r"priority_decay.*\[0\.0, 1\.0\]"),
+    (dict(kappa=-1.0), ValueError, r"kappa.*\[0\.0, inf\]"),
+    (dict(synced="yes"), TypeError, "synced"),
+    (dict(betas=(1.0, 0.9)), ValueError, r"betas\[0\]"),
+    (dict(betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
+    (dict(lr=-1.0), ValueError, "lr"),
+    (dict(eps=-1.0), ValueError, "eps"),
+    (dict(weight_decay=-0.1), ValueError, "weight_decay"),
+    (dict(topC=3), TypeError, "topC"),
+])
+def test_invalid_arguments(cls, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        cls([torch.zeros(2, requires_grad=True)], **kw)
+
+
+def test_invalid_aggregation():
+    with pytest.raises(ValueError, match=r"aggregation.*'sum', 'mean', 'mid'"):
+        adamlab.AdamCG([torch.zeros(2, requires_grad=True)], aggregation="max")
+    with pytest.raises(TypeError, match="aggregation"):
+        adamlab.AdamCM([torch.zeros(2, requires_grad=True)], aggregation="sum")
+
+
+def test_defaults():
+    p = [torch.zeros(2, requires_grad=True)]
+    cm, cg = adamlab.AdamCM(p).defaults, adamlab.AdamCG(p).defaults
+    assert {k: cm[k] for k in ("lr", "betas", "eps", "weight_decay", "buffer_size", "priority_decay", "kappa",
+                               "synced", "maximize")} == dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                                                              buffer_size=5, priority_decay=0.7, kappa=1.0,
+                                                              synced=True, maximize=False)
+    assert cg["buffer_size"] == 10 and cg["aggregation"] == "sum"
+
+
+# ---------------------------------------------------------------------- exact resume
+@pytest.mark.parametrize("cls,kw", [(adamlab.AdamCM, dict(buffer_size=3, synced=False, weight_decay=0.05)),
+                                    (adamlab.AdamCG, dict(buffer_size=3, aggregation="mean"))], ids=["CM", "CG"])
+def test_exact_resume_through_torch_save(cls, kw):
+    def groups(ps):
+        return [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}]
+
+    def steps(ps, opt, ts):
+        for t in ts:
+            for i, p in enumerate(ps):
+                p.grad = fake_grad(p, t) * _scale(t, i)
+            opt.step()
+
+    ps = make_params(1, shapes=SHAPES)
+    opt = cls(groups(ps), lr=0.05, **kw)
+    steps(ps, opt, range(12))
+    assert all(int(opt.state[p]["count"]) == 3 for p in ps)  # saved mid-run with full buffers
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    ps2 = [p.detach().clone().requires_grad_() for p in ps]
+    opt2 = cls(groups(ps2), lr=1.0, buffer_size=7)  # the loaded state and hyperparameters replace these
+    opt2.load_state_dict(torch.load(buf))
+    for p, q in zip(ps, ps2):
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, opt2.state[q][k]) and v.dtype == opt2.state[q][k].dtype, k
+    steps(ps, opt, range(12, 24))
+    steps(ps2, opt2, range(12, 24))
+    for p, q in zip(ps, ps2):
+        assert torch.equal(p, q)
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, opt2.state[q][k]), k
+
+
+def test_lr_scheduler_and_param_groups():
+    ps = make_params(0, shapes=SHAPES)
+    opt = adamlab.AdamCM(ps[:3], lr=0.05)
+    opt.add_param_group({"params": ps[3:], "buffer_size": 2, "synced": False})
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    for t in range(5):
+        for p in ps:
+            p.grad = fake_grad(p, t)
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.25)
+    assert opt.state[ps[3]]["buffer"].shape == (2, 2, 2, 3) and int(opt.state[ps[3]]["count"]) == 2
+    with pytest.raises(ValueError, match="buffer_size"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "buffer_size": 0})
