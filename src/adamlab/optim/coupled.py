@@ -28,8 +28,11 @@ class CoupledAdam(AdamlabOptimizer):
     ``coupled`` and ``coupled_scale`` (s) are per param group: put the embedding matrices [V, H] (a tied LM head
     included) in a group with ``coupled=True`` and everything else in groups with ``coupled=False``, which is AdamW
     exactly; :func:`adamlab.groups.coupled_param_groups` builds those groups and :func:`adamlab.groups.coupled_adam`
-    the optimizer. A coupled tensor with a single row is AdamW exactly too (for s = 1). Since the LM-head gradient of
-    an embedding sums to zero over the vocabulary, one shared denominator per column keeps the column mean fixed.
+    the optimizer. A coupled tensor with a single row is AdamW exactly too (for s = 1). The LM-head gradient of an
+    embedding sums to zero over the vocabulary, and with one shared denominator per column so does the update: the
+    mean embedding stays fixed (with λ = 0) for as long as the whole gradient sums to zero, e.g. an output-only
+    embedding. The input-side gradient of a tied embedding does not sum to zero, so there the mean still moves, under
+    both optimizers (the paper's argument concerns the output side).
 
     Paper: "Better Embeddings with Coupled Adam", Stollenwerk & Stollenwerk, 2025 (arXiv 2502.08441).
     Reference code: flxst/coupled-adam, ``nanoGPT/coupled_adam.py`` (commit ba54c74); ``avg_scale`` →

@@ -145,7 +145,8 @@ class AdamCM(_CriticalBase):
     once full it replaces the first slot of lowest priority when π_t is strictly higher, else discards. All stored
     priorities decay by ``priority_decay`` (γ) after every step. The first call leaves θ unchanged apart from weight
     decay; ``kappa=0`` switches the buffer off and gives :class:`Adam` exactly (with decoupled decay when λ ≠ 0).
-    State per tensor: ``exp_avg``, ``exp_avg_sq``, ``buffer`` [C, *shape], ``priorities`` [C], ``count``.
+    State per tensor: ``exp_avg``, ``exp_avg_sq``, ``buffer`` [C, *shape], ``priorities`` [C], ``count``
+    (``buffer_size`` and whether ``kappa > 0`` are read when a tensor's state is created).
 
     Paper: "Promoting Exploration in Memory-Augmented Adam using Critical Momenta", Malviya et al., 2023
     (arXiv 2307.09638). Reference code: chandar-lab/CMOptimizer, ``cmoptimizer/optim.py`` ``Adam_CM``
