@@ -93,3 +93,20 @@ def test_report_from_synthetic_db(results):
     md = open(f"{results}/summary.md", encoding="utf-8").read()
     assert "| Coupled Adam | more isotropic embeddings" in md and "| supported |" in md
     assert "Claims:" in summary and "supported" in summary
+
+
+def test_lattice_ignores_significant_but_negligible_differences():
+    from adamlab.lab.analysis import OptResult, TaskResult
+    from adamlab.lab.stats import mean_ci
+
+    def opt(name, losses):
+        o = OptResult(name, [], [], [], 0, {})
+        o.losses, o.final_loss = losses, mean_ci(losses)
+        return o
+
+    t = TaskResult("t", "", "landscape", False, 10, {}, initial=1.0, best_any=0.0)
+    t.opts = {"sgd": opt("sgd", [0.0, 0.0, 0.0]), "momentum": opt("momentum", [1e-17, 1e-17, 1e-17]),
+              "adam": opt("adam", [0.5, 0.51, 0.52])}
+    rows = {(r["special"], r["general"]): r["status"] for r in lattice({"t": t})}
+    assert rows[("sgd", "momentum")] == "within noise"  # p = 0 but 1e-17 of a loss range of 1
+    assert rows[("sgd", "adam")] == "VIOLATION" and rows[("momentum", "adam")] == "VIOLATION"

@@ -68,6 +68,31 @@ def check_storage(url: str):
         raise LabError(f"cannot open storage {url!r}: {msg}") from None
 
 
+def measure_step_times(cfg: BenchConfig, storage, store: Store, tasks, quiet: bool) -> None:
+    """Interleaved optimizer.step() timing per task with each optimizer's tuned setting (skipped if stored)."""
+    import torch
+    from tqdm import tqdm
+
+    from .protocol import completed_trials, load_study
+    from .timing import step_times
+
+    torch.set_num_threads(max(1, cfg.threads))
+    for task in tqdm(list(tasks.values()), desc="timing", unit="task", disable=quiet):
+        key = f"step_times/{task.name}@{task.hash}"
+        have = store.get_meta(key) or {}
+        if all(o in have for o in cfg.optimizers):
+            continue
+        best = {}
+        for o in cfg.optimizers:
+            done = completed_trials(load_study(storage, task, o), cfg.trials)
+            if done:
+                best[o] = space.params_from_optuna(o, min(done, key=lambda t: (t.value, t.number)).params)
+        try:
+            store.put_meta(key, step_times(task, best))
+        except (ValueError, RuntimeError, TypeError) as e:  # recorded, the report falls back to run timings
+            store.put_meta(key, {"error": str(e)[:300]})
+
+
 def estimate_seconds(cfg: BenchConfig, tasks) -> float:
     runs = sum(t.cost() for t in tasks.values()) * len(cfg.optimizers) * (cfg.trials + cfg.seeds)
     return runs / max(1, min(cfg.workers, os.cpu_count() or 1)) + 10
@@ -103,6 +128,7 @@ def run_bench(cfg: BenchConfig, *, explicit_tasks: bool = False, quiet: bool = F
         errors += [r for r in runner.map(tune_job, jobs, "tuning") if r.get("error")]
         fjobs = final_jobs(storage, store, tasks, cfg.optimizers, cfg.trials, cfg.seeds)
         errors += [r for r in runner.map(final_job, fjobs, "seeds ") if r.get("error")]
+    measure_step_times(cfg, storage, store, tasks, quiet)
     for e in errors[:5]:
         log(f"  note: {e['optimizer']} on {e['task']} raised {e['error']} (counted as diverged)")
     elapsed = time.time() - t0

@@ -38,8 +38,8 @@ def _grid(n: int, w: float = 4.2, h: float = 3.2):
 
 def _legend(fig, col: dict):
     handles = [plt.Line2D([], [], color=c, lw=2, label=n) for n, c in col.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=8,
-               bbox_to_anchor=(0.5, -0.02 - 0.025 * math.ceil(len(handles) / 7)))
+    fig.legend(handles=handles, loc="upper center", ncol=min(7, len(handles)), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
 
 
 def landscapes(tasks: dict[str, TaskResult]) -> bytes | None:
@@ -61,7 +61,7 @@ def landscapes(tasks: dict[str, TaskResult]) -> bytes | None:
             path = next((r["extra"]["path"] for r in o.runs if r["extra"].get("path")), None)
             if path:
                 p = np.asarray(path, dtype=float)
-                ax.plot(p[:, 0], p[:, 1], color=col[o.name], lw=1.2)
+                ax.plot(p[:, 0], p[:, 1], color=col[o.name], lw=1.0, alpha=0.8)
                 ax.plot(p[-1, 0], p[-1, 1], "o", color=col[o.name], ms=4)
         ax.plot(*spec.minimum, "*", color="gold", ms=14, mec="k")
         ax.plot(*spec.start, "s", color="white", ms=6, mec="k")
@@ -89,13 +89,15 @@ def curves(tasks: dict[str, TaskResult]) -> bytes | None:
             steps = np.asarray(series[0][0][:n])
             vals = np.asarray([s[2][:n] for s in series], dtype=float)
             vals[~np.isfinite(vals)] = np.nan
-            ax.plot(steps, np.nanmean(vals, 0), color=col[o.name], lw=1.2)
+            mean = np.nanmean(vals, 0)
+            ax.plot(steps, np.maximum(mean, 1e-6) if t.family == "landscape" else mean, color=col[o.name], lw=1.2)
         ax.axhline(t.target, color="k", ls=":", lw=0.8)
-        if t.family == "landscape":
-            ax.set_yscale("symlog", linthresh=1e-3)
         lo = min(o.best_loss.mean for o in t.opts.values())
-        ax.set_ylim(bottom=None if t.family == "landscape" else lo - 0.05 * abs(t.initial - lo),
-                    top=t.initial * 1.05 if t.initial > 0 else None)
+        if t.family == "landscape":  # f - f*, floored at 1e-6 for the log axis
+            ax.set_yscale("log")
+            ax.set_ylim(top=t.initial * 3)
+        else:
+            ax.set_ylim(lo - 0.05 * abs(t.initial - lo), t.initial * 1.05 if t.initial > 0 else None)
         ax.set_title(f"{t.name}: held-out loss (mean of seeds; ⋯ target)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
     _legend(fig, col)
@@ -118,10 +120,11 @@ def lr_sensitivity(tasks: dict[str, TaskResult]) -> bytes | None:
             v = np.array([p[1] for p in pts], dtype=float)
             if cap:  # diverged or worse-than-untrained trials are drawn at the cap
                 v = np.minimum(np.where(np.isfinite(v), v, cap), cap)
-            ax.plot(lr, v, "o-", color=col[o.name], ms=3, lw=0.8, alpha=0.85)
+            ax.plot(lr, np.maximum(v, 1e-6) if t.family == "landscape" else v, "o-", color=col[o.name], ms=3,
+                    lw=0.8, alpha=0.85)
         ax.set_xscale("log")
         if t.family == "landscape":
-            ax.set_yscale("symlog", linthresh=1e-3)
+            ax.set_yscale("log")
         ax.set_title(f"{t.name}: tuning trials, loss vs lr (diverged at top)", fontsize=9)
         ax.set_xlabel("learning rate", fontsize=8)
     _legend(fig, col)
@@ -200,7 +203,8 @@ def overhead_plot(tasks: dict[str, TaskResult]) -> bytes | None:
     ax.axhline(1, color="k", lw=0.8)
     ax.tick_params(axis="x", rotation=60, labelsize=8)
     ax.set_ylabel("× Adam")
-    ax.set_title("optimizer.step() time relative to Adam (geometric mean over tasks, 95 % CI)", fontsize=10)
+    ax.set_title("optimizer.step() time relative to Adam (interleaved micro-benchmark; geometric mean over tasks, "
+                 "95 % CI)", fontsize=9)
     return _png(fig)
 
 

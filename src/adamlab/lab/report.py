@@ -43,7 +43,7 @@ def _f(x, digits=3) -> str:
 def task_table(t: TaskResult) -> tuple[list[str], list[list[str]]]:
     head = ["optimizer", "final loss (95 % CI)", "best loss"]
     head += ["final acc"] if t.has_accuracy else []
-    head += ["steps→target", "time→target s", "step ms", "sharpness", "default-setting loss", "tuned lr", "diverged"]
+    head += ["steps→target", "time→target s", "opt.step ms", "sharpness", "default-setting loss", "tuned lr", "diverged"]
     rows = []
     for o in sorted(t.opts.values(), key=lambda o: o.final_loss.mean):
         sharp = o.summary_of("sharpness")
@@ -51,7 +51,7 @@ def task_table(t: TaskResult) -> tuple[list[str], list[list[str]]]:
              o.final_loss.fmt(4), o.best_loss.fmt(4)]
         if t.has_accuracy:
             r.append(o.final_acc.fmt(3) if o.final_acc else "–")
-        r += [_f(o.steps_to_target), _f(o.time_to_target, 2), _f(o.step_time * 1e3, 2),
+        r += [_f(o.steps_to_target), _f(o.time_to_target, 2), _f(o.opt_step_time * 1e3, 2),
               sharp.fmt(3) if sharp else "–", _f(o.default_value, 4), _f(o.params.get("lr"), 2),
               f"{o.diverged}/{len(o.runs)}"]
         rows.append(r)
@@ -133,9 +133,12 @@ def build_report(out_dir: str) -> str:
              f"compute time {(meta.get('elapsed') or 0) / 60:.1f} min.")
     skipped = meta.get("skipped") or {}
     skip_txt = "".join(f"\n- **{n}** not run: {why}" for n, why in skipped.items())
-    lb_head = ["optimizer", "mean rank", "tasks in top group", "wins", "diverged final runs", "step time × Adam"]
+    lb_head = ["optimizer", "mean rank", "tasks in top group", "wins", "diverged final runs", "training step × Adam",
+               "optimizer.step × Adam"]
+    oh_opt = overhead(tasks, "adam", "opt_step_time")
     lb_rows = [[r["optimizer"], f"{r['mean_rank']:.2f}", f"{r['top']}/{r['tasks']}", str(r["wins"]), str(r["diverged"]),
-                f"{oh[r['optimizer']]['ratio']:.2f}" if r["optimizer"] in oh else "–"] for r in board]
+                f"{oh[r['optimizer']]['ratio']:.3f}" if r["optimizer"] in oh else "–",
+                f"{oh_opt[r['optimizer']]['ratio']:.2f}" if r["optimizer"] in oh_opt else "–"] for r in board]
     cl_head = ["seed", "claim", "verdict", "measured", "rule"]
     cl_rows = [[c.seed, c.claim, c.verdict, c.measured, c.rule] for c in claims]
     lat_bad = [r for r in lat if r["status"] != "within noise"]
