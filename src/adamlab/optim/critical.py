@@ -42,7 +42,7 @@ def _slot_sum(buf: Tensor) -> Tensor:
 
 def _slot_mean(buf: Tensor, count: Tensor) -> Tensor:
     """Mean of the stored tensors; 0 while the buffer is empty."""
-    return _slot_sum(buf).div(count.clamp(min=1))
+    return _slot_sum(buf).div_(count.clamp(min=1))
 
 
 def _offer(buf: Tensor, prio: Tensor, count: Tensor, value: Tensor, priority: Tensor) -> None:
@@ -201,11 +201,13 @@ class AdamCM(_CriticalBase):
             o.mul_(p, s["decay_factor"])
         buf, prio, count = st["buffer"], st["priorities"], st["count"]
         m = o.axpy_(o.mul_(st["exp_avg"], s["beta1"]), g, s["m_coef"])
-        m_cm = o.add(m, o.per(_slot_mean, buf, count))
-        priority = s["priority"] if c["synced"] else o.norm(g)
-        o.per(_offer, buf, prio, count, o.axpy(m, g, s["first"]), priority)
+        m_cm = o.add(m, o.per(_slot_mean, buf, count))  # the mean before this step's offer
         v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), m_cm, m_cm, s["one_minus_beta2"])
         o.addcdiv_(p, m_cm, adam_denominator(o, v, s), s["neg_step_size"])
+        # the offer comes last: nothing after it reads the buffer, so a compiled step updates one slot in place
+        # instead of cloning the whole buffer to keep the old one for a later reader
+        priority = s["priority"] if c["synced"] else o.norm(g)
+        o.per(_offer, buf, prio, count, o.axpy(m, g, s["first"]), priority)
         o.mul_(prio, s["priority_decay"])
 
 
@@ -270,12 +272,12 @@ class AdamCG(_CriticalBase):
         if c["maximize"]:
             g = o.neg(g)
         buf, prio, count = st["buffer"], st["priorities"], st["count"]
-        g_aggr = o.per(_AGGREGATE[c["aggregation"]], g, buf, count)
-        priority = s["priority"] if c["synced"] else o.norm(g)
-        o.per(_offer, buf, prio, count, g, priority)
+        g_aggr = o.per(_AGGREGATE[c["aggregation"]], g, buf, count)  # the buffer before this step's offer
         if c["l2"]:
             g_aggr = o.axpy(g_aggr, p, s["weight_decay"])
         m = o.axpy_(o.mul_(st["exp_avg"], s["beta1"]), g_aggr, s["one_minus_beta1"])
         v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g_aggr, g_aggr, s["one_minus_beta2"])
         o.addcdiv_(p, m, adam_denominator(o, v, s), s["neg_step_size"])
+        priority = s["priority"] if c["synced"] else o.norm(g)
+        o.per(_offer, buf, prio, count, g, priority)  # last, as in AdamCM; the raw gradient goes in
         o.mul_(prio, s["priority_decay"])
