@@ -82,8 +82,6 @@ def test_matches_reference_maximize():
 # ---------------------------------------------------------------------- AdamW ⊆ CoupledAdam
 @pytest.mark.parametrize("wd", [0.0, 0.1])
 def test_uncoupled_is_adamw(path, wd):
-    if "compiled" in path and wd == 0.0:
-        pytest.skip("one compiled case is enough")
     a, _ = _trajectory(lambda g: adamlab.CoupledAdam(g, lr=0.05, weight_decay=wd, coupled=False, **path))
     b, _ = _trajectory(lambda g: torch.optim.AdamW(g, lr=0.05, weight_decay=wd))
     assert max_rel(a, b) <= 1e-12

@@ -29,8 +29,6 @@ def _spec_run(make, shape):
 # ---------------------------------------------------------------------- SPEC section 8
 @pytest.mark.parametrize("shape", [(), (3,)], ids=["scalar", "vector"])
 def test_spec_vectors(path, shape):
-    if shape == () and "compiled" in path:
-        pytest.skip("a 0-d tensor takes the eager path; the (3,) case covers the compiled one")
     # with one tensor of equal entries every priority scales by the same √n, so the vectors hold for any n
     cm2 = _spec_run(lambda ps: adamlab.AdamCM(ps, lr=0.1, buffer_size=2, priority_decay=0.7, **path), shape)
     cm5 = _spec_run(lambda ps: adamlab.AdamCM(ps, lr=0.1, buffer_size=5, priority_decay=0.7, **path), shape)
@@ -169,8 +167,6 @@ def test_maximize_is_minimizing_the_negated_gradient():
 # ---------------------------------------------------------------------- Adam ⊆ AdamCM, Adam ⊆ AdamCG
 @pytest.mark.parametrize("wd", [0.0, 0.1])
 def test_adamcm_kappa0_is_adam(path, wd):
-    if "compiled" in path and wd == 0.0:
-        pytest.skip("one compiled case is enough")
     a, _ = _trajectory(lambda g: adamlab.AdamCM(g, lr=0.05, kappa=0.0, weight_decay=wd, **path), none_grad=False)
     b, _ = _trajectory(lambda g: torch.optim.Adam(g, lr=0.05, weight_decay=wd, decoupled_weight_decay=True),
                        none_grad=False)
