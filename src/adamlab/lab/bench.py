@@ -95,7 +95,7 @@ def measure_step_times(cfg: BenchConfig, storage, store: Store, tasks, quiet: bo
 
 def estimate_seconds(cfg: BenchConfig, tasks) -> float:
     runs = sum(t.cost() for t in tasks.values()) * len(cfg.optimizers) * (cfg.trials + cfg.seeds)
-    return runs / max(1, min(cfg.workers, os.cpu_count() or 1)) + 10
+    return 1.25 * runs / max(1, min(cfg.workers, os.cpu_count() or 1)) + 20  # + Optuna, sharpness, report
 
 
 def run_bench(cfg: BenchConfig, *, explicit_tasks: bool = False, quiet: bool = False, log=print) -> str:
