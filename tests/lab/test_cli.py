@@ -37,6 +37,7 @@ def test_help_explains_every_option(cli):
     assert cli("report", "--help").returncode == 0
 
 
+@pytest.mark.slow
 def test_smoke_suite_end_to_end_under_60_s_then_report_rebuilds(cli, tmp_path):
     out = str(tmp_path / "res")
     cifar = make_cifar(str(tmp_path / "cifar"), n=64)

@@ -7,6 +7,7 @@ import sys
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from adamlab.lab.protocol import BenchConfig, make_tasks, open_storage, recover, study_name
@@ -29,6 +30,7 @@ def _bench(out, extra=()):
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
+@pytest.mark.slow
 def test_kill_minus_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
     p = _bench(clean)

@@ -15,9 +15,10 @@ from .analysis import TaskResult, overhead, profiles  # noqa: E402
 from .tasks.landscapes import LANDSCAPES  # noqa: E402
 
 
-def colors(names: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab20")
-    return {n: cmap(i % 20) for i, n in enumerate(sorted(names))}
+def colors(names: list[str]) -> dict[str, dict]:
+    """Line style per optimizer: ten distinct colours, then the same colours dashed."""
+    cmap = plt.get_cmap("tab10")
+    return {n: {"color": cmap(i % 10), "ls": "-" if i < 10 else "--"} for i, n in enumerate(sorted(names))}
 
 
 def _png(fig) -> bytes:
@@ -27,19 +28,24 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _grid(n: int, w: float = 4.2, h: float = 3.2):
+def _grid(n: int, w: float = 4.2, h: float = 3.3):
     cols = min(3, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
+    fig.subplots_adjust(hspace=0.45, wspace=0.25)
     return fig, list(axes.flat)
 
 
-def _legend(fig, col: dict):
-    handles = [plt.Line2D([], [], color=c, lw=2, label=n) for n, c in col.items()]
-    fig.legend(handles=handles, loc="upper center", ncol=min(7, len(handles)), fontsize=8,
-               bbox_to_anchor=(0.5, 0.0))
+def _legend(fig, col: dict, spare=None):
+    """The legend goes in an unused panel when there is one, else under the figure."""
+    handles = [plt.Line2D([], [], lw=2, label=n, **st) for n, st in col.items()]
+    if spare is not None:
+        spare.legend(handles=handles, loc="center", ncol=2, fontsize=9, frameon=False)
+    else:
+        fig.legend(handles=handles, loc="upper center", ncol=min(7, len(handles)), fontsize=8,
+                   bbox_to_anchor=(0.5, -0.04))
 
 
 def landscapes(tasks: dict[str, TaskResult]) -> bytes | None:
@@ -61,8 +67,8 @@ def landscapes(tasks: dict[str, TaskResult]) -> bytes | None:
             path = next((r["extra"]["path"] for r in o.runs if r["extra"].get("path")), None)
             if path:
                 p = np.asarray(path, dtype=float)
-                ax.plot(p[:, 0], p[:, 1], color=col[o.name], lw=1.0, alpha=0.8)
-                ax.plot(p[-1, 0], p[-1, 1], "o", color=col[o.name], ms=4)
+                ax.plot(p[:, 0], p[:, 1], lw=1.0, alpha=0.8, **col[o.name])
+                ax.plot(p[-1, 0], p[-1, 1], "o", color=col[o.name]["color"], ms=4)
         ax.plot(*spec.minimum, "*", color="gold", ms=14, mec="k")
         ax.plot(*spec.start, "s", color="white", ms=6, mec="k")
         if spec.sharp:
@@ -70,7 +76,7 @@ def landscapes(tasks: dict[str, TaskResult]) -> bytes | None:
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
         ax.set_title(f"{t.name} (log scale; ★ global min, □ start)", fontsize=9)
-    _legend(fig, col)
+    _legend(fig, col, axes[len(items)] if len(axes) > len(items) else None)
     return _png(fig)
 
 
@@ -90,7 +96,7 @@ def curves(tasks: dict[str, TaskResult]) -> bytes | None:
             vals = np.asarray([s[2][:n] for s in series], dtype=float)
             vals[~np.isfinite(vals)] = np.nan
             mean = np.nanmean(vals, 0)
-            ax.plot(steps, np.maximum(mean, 1e-6) if t.family == "landscape" else mean, color=col[o.name], lw=1.2)
+            ax.plot(steps, np.maximum(mean, 1e-6) if t.family == "landscape" else mean, lw=1.2, **col[o.name])
         ax.axhline(t.target, color="k", ls=":", lw=0.8)
         lo = min(o.best_loss.mean for o in t.opts.values())
         if t.family == "landscape":  # f - f*, floored at 1e-6 for the log axis
@@ -100,7 +106,7 @@ def curves(tasks: dict[str, TaskResult]) -> bytes | None:
             ax.set_ylim(lo - 0.05 * abs(t.initial - lo), t.initial * 1.05 if t.initial > 0 else None)
         ax.set_title(f"{t.name}: held-out loss (mean of seeds; ⋯ target)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    _legend(fig, col)
+    _legend(fig, col, axes[len(items)] if len(axes) > len(items) else None)
     return _png(fig)
 
 
@@ -120,14 +126,14 @@ def lr_sensitivity(tasks: dict[str, TaskResult]) -> bytes | None:
             v = np.array([p[1] for p in pts], dtype=float)
             if cap:  # diverged or worse-than-untrained trials are drawn at the cap
                 v = np.minimum(np.where(np.isfinite(v), v, cap), cap)
-            ax.plot(lr, np.maximum(v, 1e-6) if t.family == "landscape" else v, "o-", color=col[o.name], ms=3,
-                    lw=0.8, alpha=0.85)
+            ax.plot(lr, np.maximum(v, 1e-6) if t.family == "landscape" else v, "o", ms=3,
+                    lw=0.8, alpha=0.85, **col[o.name])
         ax.set_xscale("log")
         if t.family == "landscape":
             ax.set_yscale("log")
         ax.set_title(f"{t.name}: tuning trials, loss vs lr (diverged at top)", fontsize=9)
         ax.set_xlabel("learning rate", fontsize=8)
-    _legend(fig, col)
+    _legend(fig, col, axes[len(items)] if len(axes) > len(items) else None)
     return _png(fig)
 
 
@@ -139,7 +145,7 @@ def performance_profiles(tasks: dict[str, TaskResult]) -> bytes | None:
     for ax, by in zip(axes, ("steps", "time")):
         taus, prof = profiles(tasks, by)
         for n, rho in sorted(prof.items()):
-            ax.step(taus, rho, where="post", color=col[n], lw=1.3)
+            ax.step(taus, rho, where="post", lw=1.3, **col[n])
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(f"τ (× best optimizer's {by} to target)")
@@ -163,8 +169,8 @@ def forgetting(tasks: dict[str, TaskResult]) -> bytes | None:
                 gaps.append((np.asarray(c["early_batch_loss"][0]), u - e))
         if gaps:
             n = min(len(g[1]) for g in gaps)
-            ax.plot(gaps[0][0][:n], np.mean([g[1][:n] for g in gaps], 0), color=col[o.name],
-                    lw=2 if o.name in ("ademamix", "adamw") else 0.8)
+            ax.plot(gaps[0][0][:n], np.mean([g[1][:n] for g in gaps], 0),
+                    lw=2.5 if o.name in ("ademamix", "adamw") else 0.8, **col[o.name])
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("step")
     ax.set_ylabel("loss(unseen) − loss(early batch)")
