@@ -35,7 +35,7 @@ SUITES: dict[str, dict] = {
             "digits_cnn": {"steps": 200, "eval_every": 25, "cost": 0.45},
             "char_gpt": {"steps": 120, "eval_every": 12, "cost": 0.95},
             "word_lm": {"steps": 250, "eval_every": 25, "cost": 0.6},
-            "cifar10_cnn": {"steps": 150, "eval_every": 25, "n_test": 1000, "width": 12, "cost": 1.5},
+            "cifar10_cnn": {"steps": 120, "eval_every": 20, "n_test": 500, "width": 10, "cost": 0.9},
         },
     },
     "full": {
