@@ -52,6 +52,8 @@ def test_landscape_run_records_path_and_escape():
     res = t.run(lambda p: torch.optim.SGD(p, lr=1e-3), seed=0, final=True)
     assert res.extra["escaped_sharp"] is False and res.extra["reached_global"] is False  # stuck in the sharp basin
     assert len(res.extra["path"]) > 10
+    # stuck at the sharp minimum: its curvature is about depth / width^2 = 1 / 0.1^2 (plus the bowl)
+    assert 80 < res.extra["sharpness"] < 120
     r = LandscapeTask("beale", steps=300).run(lambda p: torch.optim.Adam(p, lr=0.1), seed=0, final=True)
     assert r.extra["reached_global"] and r.final_val_loss < 1e-3
 

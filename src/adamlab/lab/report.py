@@ -126,7 +126,8 @@ def build_report(out_dir: str) -> str:
     intro = (f"Suite **{cfg.get('suite')}**: {len(tasks)} tasks × {len(cfg.get('optimizers', []))} optimizers. Every "
              f"optimizer got the same tuning budget per task: {cfg.get('trials')} quasi-random (Sobol, Optuna "
              f"QMCSampler) trials over its whole search space, trial 0 being its registry default, tuned on the "
-             f"final held-out loss with seed 0; the best setting was then re-run with {cfg.get('seeds')} fresh seeds. "
+             f"final held-out loss with seed 0 (optimizers with the same search space see the same points); the best "
+             f"setting was then re-run with {cfg.get('seeds')} fresh seeds. "
              f"All ± are 95 % t-intervals over those seeds. Target = {int(90)} % of the way from the initial loss to "
              f"the best mean loss any optimizer reached. Bold = not significantly worse than the task's leader "
              f"(Welch p ≥ 0.05). Diverged runs score the untrained loss. Generated {when}; "
@@ -162,7 +163,9 @@ def build_report(out_dir: str) -> str:
                          "(SPEC 9).", md_table(*embedding_table(tasks)), html_table(*embedding_table(tasks)), "embeddings"))
     sections.append(("Learning curves", "", "", "", "curves"))
     sections.append(("Performance profiles", "AlgoPerf-style: fraction of tasks an optimizer reaches the target "
-                     "within τ × the fastest optimizer (steps, and training seconds).", "", "", "profiles"))
+                     "within τ × the fastest optimizer (steps, and training seconds). Training seconds are wall time in the "
+                     "worker processes and move with whatever else the machine runs; the step-time overhead columns "
+                     "come from an interleaved micro-benchmark instead.", "", "", "profiles"))
     sections.append(("Learning-rate sensitivity", "Every tuning trial's final held-out loss against its learning rate "
                      "(other hyperparameters vary too).", "", "", "lr_sensitivity"))
     sections.append(("Forgetting (char GPT)", "", "", "", "forgetting"))

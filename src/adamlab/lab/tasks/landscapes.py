@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..metrics import sharpness
 from .base import RunResult, Task
 
 TWO_PI = 2 * math.pi
@@ -145,6 +146,9 @@ class LandscapeTask(Task):
         if self.spec.sharp is not None:
             d_sharp = float((end - torch.tensor(self.spec.sharp, dtype=torch.float64)).norm())
             extra["escaped_sharp"] = bool(diverged is False and d_sharp > 0.3)
+        if final and not diverged:
+            q = torch.nn.Parameter(end.clone())
+            extra["sharpness"] = sharpness(lambda: self.value(q), [q], iters=50, tol=1e-10)
         if final:
             extra["path"] = [[round(a, 5), round(b, 5)] for a, b in path[:: max(1, len(path) // 200)]]
         n = max(step, 1)
