@@ -1,0 +1,8 @@
+"""The lab: trains small real models with every adamlab optimizer under an equal tuning budget and reports
+which of the papers' claims held (``adamlab bench``; see ``adamlab.lab.bench.run_bench``).
+
+Layout: ``tasks/`` (the training problems), ``space`` (registry search spaces -> Optuna), ``protocol``
+(tuning, seeds, resumable workers), ``store`` (SQLite run tables), ``timing`` (step-time micro-benchmark),
+``metrics``/``stats`` (SPEC 9 metrics, t-intervals, Welch, Holm), ``analysis``/``claims`` (tables, lattice,
+claims ledger), ``plots``/``report`` (report.html, summary.md, PNGs).
+"""
