@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="adamlab-results", help="output folder (report, plots, database)")
     b.add_argument("--storage", default=None, help="Optuna storage URL for the studies (any URL Optuna accepts); "
                    "default: sqlite:///OUT/adamlab.db, the same file that holds the run curves")
-    b.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    b.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="local processes sharing the studies")
     b.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     b.add_argument("--trials", type=int, default=0, help="tuning trials per optimizer and task (0: the suite's)")
