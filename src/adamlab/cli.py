@@ -1,4 +1,5 @@
-"""Command line: `adamlab bench` and `adamlab report`. Thin: parses arguments and calls the lab."""
+"""Command line: `adamlab bench`, `adamlab report`, `adamlab tasks` and `adamlab speed`. Thin: parses arguments
+and calls the lab (or the speed benchmark)."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild report.html and summary.md from a results folder's database")
     r.add_argument("dir", help="a folder written by `adamlab bench`")
     sub.add_parser("tasks", help="list the tasks")
+    sub.add_parser("speed", add_help=False, help="time every optimizer step against the memory-bandwidth ceiling, "
+                   "torch.optim and pytorch_optimizer (see `adamlab speed --help`)")
     return p
 
 
@@ -46,6 +49,11 @@ def _split(s: str | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["speed"]:
+        from adamlab.speed import main as speed_main
+
+        return speed_main(argv[1:])
     args = _parser().parse_args(argv)
     from adamlab.lab.bench import LabError
 
