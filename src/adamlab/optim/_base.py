@@ -16,14 +16,19 @@ An optimizer module supplies only its maths:
 The engine then provides three implementations of the same rule, selected by keyword-only flags:
 the plain per-tensor loop (``foreach=False``, the ground truth), the multi-tensor path (``foreach=True``) and the
 compiled path (``compiled=True``: ``torch.compile`` of the per-tensor loop over chunks of flattened tensors, with
-every per-step scalar passed as a 0-d tensor so that a scheduler changing the learning rate never recompiles).
+every per-step scalar passed in one tensor so that a scheduler changing the learning rate never recompiles; one
+graph per optimizer configuration, see :mod:`adamlab.optim._compiled`).
+
+What a step reuses is cached per param group in a :class:`_Plan` (the parameters with gradients, their state, their
+(device, dtype) parts, the flattened tensors of the compiled path), checked by identity every step and rebuilt
+when anything changed. Every parameter's ``step`` is a 0-d float32 tensor, as in ``torch.optim``; those of a group
+are views into one tensor, so a step increments and reads them all in two operations.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import types
 import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping
@@ -32,14 +37,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _ops
+from . import _compiled, _ops
 from ._lowp import LowPrecision, resolve_state_dtype
 
 __all__ = ["AdamlabOptimizer", "compiler_available"]
 
 _IMPLEMENTATIONS = ("loop", "foreach", "compiled")
 _AUTO_COMPILE_NUMEL = 1 << 20  # the default path compiles a bucket only from this many elements on
-_CHUNK = 16  # tensors per compiled graph: compile time grows with the graph, step time wants few calls
 _compiler_state: dict[str, Any] = {"ok": None}
 
 
@@ -59,14 +63,6 @@ def compiler_available() -> bool:
                               "using the multi-tensor path", RuntimeWarning, stacklevel=3)
                 _compiler_state["ok"] = False
     return bool(_compiler_state["ok"])
-
-
-def _flat(t: Tensor, p: Tensor) -> Tensor:
-    """View a state tensor whose trailing dims are ``p``'s as ``[leading..., numel]``."""
-    lead = t.dim() - p.dim()
-    if lead >= 0 and t.shape[lead:] == p.shape:
-        return t.view(t.shape[:lead] + (-1,))
-    return t
 
 
 #: The keyword-only implementation options every optimizer accepts (beyond its hyperparameters):
@@ -166,6 +162,7 @@ class AdamlabOptimizer(Optimizer):
         saved_state = state_dict["state"]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         super().load_state_dict(state_dict)
+        self.__dict__["_plans"] = {}
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
             if pid not in saved_state:
@@ -207,62 +204,85 @@ class AdamlabOptimizer(Optimizer):
             st["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return st
 
-    def _step_group(self, group: dict) -> None:
+    def _plan(self, group: dict, params: list[Tensor]) -> "_Plan":
+        """What every step of this group reuses; rebuilt when the parameters with gradients, their state
+        tensors or their storage change (cheap identity checks, so it can never go stale silently)."""
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(id(group))
+        if plan is not None and plan.matches(group, params, self.state):
+            return plan
         name = type(self).__name__
-        params, grads = [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{name} does not support sparse gradients")
+        for p in params:
             if torch.is_complex(p):
                 raise RuntimeError(f"{name} does not support complex parameters")
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{name} does not support sparse gradients")
             if not self.state[p]:
                 self.state[p] = self._new_state(p, group)
-            params.append(p)
-            grads.append(p.grad)
+        plan = plans[id(group)] = _Plan(self, group, params)
+        return plan
+
+    def _step_group(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return
+        plan = self._plan(group, params)
+        grads = [p.grad for p in params]
+        for g in grads:
+            if g.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         extra = self._prepare(group, params, grads)
         c = self._constants(group)
-        buckets: dict[tuple, list[int]] = defaultdict(list)
-        for i, p in enumerate(params):
-            st = self.state[p]
-            st["step"] += 1
-            buckets[(p.device, p.dtype, int(st["step"].item()))].append(i)
-        for (device, dtype, step), idx in buckets.items():
-            s = dict(self._scalars(group, step))
-            s.update(extra)
-            ps = [params[i] for i in idx]
-            gs = [grads[i] for i in idx]
-            sts = [self.state[p] for p in ps]
-            self._run(ps, gs, sts, s, c, device, dtype)
+        plan.steps.add_(1)  # every parameter's ``step`` is a 0-d view into this one tensor
+        values = plan.steps.tolist()
+        uniform = values.count(values[0]) == len(values)
+        for part in plan.parts:
+            vals = values if uniform else [values[i] for i in part.idx]
+            first = vals[0]
+            if uniform or vals.count(first) == len(vals):
+                buckets = [(first, None)]  # the usual case: one step count, reuse the part's prepared lists
+            else:
+                by_step: dict[float, list[int]] = defaultdict(list)
+                for j, v in enumerate(vals):
+                    by_step[v].append(j)
+                buckets = list(by_step.items())
+            for step, sub in buckets:
+                s = dict(self._scalars(group, int(step)))
+                s.update(extra)
+                self._run(part, sub, grads, s, c)
 
-    def _run(self, ps, gs, sts, s, c, device, dtype) -> None:
+    def _run(self, part: "_Part", sub: list[int] | None, grads: list[Tensor], s: dict, c: dict) -> None:
         rule = type(self)._rule
         lowp = self.lowp
-        keys = [k for k in sts[0] if k != "step"]
-        needs_cast = any(
-            p.dtype in (torch.bfloat16, torch.float16)
-            or any(st[k].is_floating_point() and st[k].dtype != p.dtype for k in keys)
-            for p, st in zip(ps, sts)
-        )
+        keys = part.keys
+        if sub is None:
+            ps, sts = part.ps, part.sts
+            gs = [grads[i] for i in part.idx]
+        else:
+            ps = [part.ps[j] for j in sub]
+            sts = [part.sts[j] for j in sub]
+            gs = [grads[part.idx[j]] for j in sub]
         impl = self.implementation
         if impl == "auto":
             # the default: compile big buckets where a compiler works; compiling costs seconds, which small
             # models never win back, so they take the multi-tensor path
-            big = sum(p.numel() for p in ps) >= _AUTO_COMPILE_NUMEL
+            big = (part.numel if sub is None else sum(p.numel() for p in ps)) >= _AUTO_COMPILE_NUMEL
             impl = "compiled" if big and compiler_available() else "foreach"
         if impl == "compiled":
-            eager = [i for i, p in enumerate(ps) if p.numel() < 2 or not p.is_contiguous()
-                     or not all(st[k].is_contiguous() for k in keys for st in (sts[i],))]
-            fast = [i for i in range(len(ps)) if i not in set(eager)]
+            if sub is None:
+                fast, eager = part.fast, part.eager
+            else:
+                fast = [i for i in range(len(ps)) if _compiled.compilable(ps[i], sts[i], keys)]
+                eager = sorted(set(range(len(ps))) - set(fast))
             if fast:
                 try:
-                    self._run_compiled([ps[i] for i in fast], [gs[i] for i in fast],
-                                       [sts[i] for i in fast], s, c, keys, dtype, device)
+                    if sub is None and len(fast) == len(ps):
+                        self._run_compiled(ps, gs, sts, s, c, keys, part.dtype, part.device, part, part.group)
+                    else:
+                        self._run_compiled([ps[i] for i in fast], [gs[i] for i in fast], [sts[i] for i in fast],
+                                           s, c, keys, part.dtype, part.device, None, part.group)
                 except Exception as err:
-                    if not _is_compiler_failure(err):
+                    if not _compiled.is_compiler_failure(err):
                         raise
                     warnings.warn(f"adamlab: compiled step failed ({type(err).__name__}); falling back to the "
                                   "multi-tensor path", RuntimeWarning, stacklevel=4)
@@ -270,79 +290,83 @@ class AdamlabOptimizer(Optimizer):
                     eager = list(range(len(ps)))
             for i in eager:
                 lowp.apply(rule, _ops.T, ps[i], gs[i], {k: sts[i][k] for k in keys}, s, c)
-        elif impl == "foreach" and not needs_cast:
-            st_lists = {k: [st[k] for st in sts] for k in keys}
+        elif impl == "foreach" and not part.needs_cast:
+            st_lists = part.st_lists if sub is None else {k: [st[k] for st in sts] for k in keys}
             per = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in s.items()}
-            rule(_ops.F, ps, list(gs), st_lists, per, c)
+            rule(_ops.F, ps, gs, st_lists, per, c)
         else:
             for p, g, st in zip(ps, gs, sts):
                 lowp.apply(rule, _ops.T, p, g, {k: st[k] for k in keys}, s, c)
 
-    def _run_compiled(self, ps, gs, sts, s, c, keys, dtype, device) -> None:
-        fn = _compiled_chunk(type(self), c, self.lowp.mode)
-        cdtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-        names = [k for k, v in s.items() if not isinstance(v, Tensor)]
-        packed = torch.tensor([float(s[k]) for k in names], dtype=cdtype, device=device)
-        st_s = dict(zip(names, packed.unbind(0))) if names else {}
-        for k, v in s.items():
-            if isinstance(v, Tensor):
-                st_s[k] = v.to(device=device, dtype=cdtype)
-        flat = self._flattens(c)
-        fp = [p.view(-1) if flat else p for p in ps]
-        fg = [g.reshape(-1) if flat else g for g in gs]
-        fst = {k: [_flat(st[k], p) if flat else st[k] for st, p in zip(sts, ps)] for k in keys}
-        n = len(fp)
-        full = n - n % _CHUNK
-        with _no_duck_shapes():
-            for a in range(0, full, _CHUNK):
-                b = a + _CHUNK
-                fn(fp[a:b], fg[a:b], {k: v[a:b] for k, v in fst.items()}, st_s)
-            for a in range(full, n):
-                fn(fp[a:a + 1], fg[a:a + 1], {k: v[a:a + 1] for k, v in fst.items()}, st_s)
+    def _run_compiled(self, ps, gs, sts, s, c, keys, dtype, device, part: "_Part | None" = None,
+                      group: dict | None = None) -> None:
+        """The compiled step of ``ps`` (all compilable); ``part`` caches the flattened tensors across steps."""
+        flatten = self._flattens(c)
+        runner = part.runner if part is not None else None
+        if runner is None or runner.flatten != flatten:
+            if group is None:
+                group = part.group if part is not None else self.param_groups[0]
+            runner = _compiled.ChunkRunner(self, group, ps, sts, keys, dtype, device, flatten)
+            if part is not None:
+                part.runner = runner
+        runner.run(type(self), c, self.lowp.mode, gs, s)
 
 
-def _is_compiler_failure(err: Exception) -> bool:
-    mods = {type(e).__module__ for e in (err, err.__cause__, err.__context__) if e is not None}
-    return any(m.startswith(("torch._dynamo", "torch._inductor")) for m in mods)
+class _Part:
+    """The parameters of one group on one (device, dtype), with the lists each step reuses."""
+
+    __slots__ = ("group", "idx", "ps", "sts", "keys", "device", "dtype", "numel", "needs_cast", "st_lists",
+                 "fast", "eager", "runner")
+
+    def __init__(self, group: dict, idx: list[int], ps: list[Tensor], sts: list[dict]) -> None:
+        self.group, self.idx, self.ps, self.sts = group, idx, ps, sts
+        self.keys = keys = [k for k in sts[0] if k != "step"]
+        self.device, self.dtype = ps[0].device, ps[0].dtype
+        self.numel = sum(p.numel() for p in ps)
+        self.needs_cast = any(
+            p.dtype in (torch.bfloat16, torch.float16)
+            or any(st[k].is_floating_point() and st[k].dtype != p.dtype for k in keys)
+            for p, st in zip(ps, sts))
+        self.st_lists = {k: [st[k] for st in sts] for k in keys}
+        self.fast = [i for i in range(len(ps)) if _compiled.compilable(ps[i], sts[i], keys)]
+        fast = set(self.fast)
+        self.eager = [i for i in range(len(ps)) if i not in fast]
+        self.runner = None
 
 
-class _no_duck_shapes:
-    """Compile chunks shape-generically without equating equal sizes (one graph for any mix of sizes)."""
+class _Plan:
+    """A param group's parameters with gradients, their state, and their (device, dtype) parts."""
 
-    def __enter__(self):
-        import torch.fx.experimental._config as fx_config
+    __slots__ = ("group", "params", "states", "sig", "steps", "parts")
 
-        self._cfg = fx_config
-        self._old = fx_config.use_duck_shape
-        fx_config.use_duck_shape = False
+    def __init__(self, opt: "AdamlabOptimizer", group: dict, params: list[Tensor]) -> None:
+        self.group = group
+        self.params = params
+        self.states = [opt.state[p] for p in params]
+        # one float32 tensor holds the step counts of the group, each parameter's ``step`` a 0-d view of it: a
+        # step increments them in one operation and reads them in one ``tolist`` (no per-tensor ``item``)
+        self.steps = torch.tensor([float(st["step"]) for st in self.states], dtype=torch.float32)
+        for st, view in zip(self.states, self.steps.unbind(0)):
+            st["step"] = view
+        self.sig = self._signature(params, self.states)
+        by_kind: dict[tuple, list[int]] = defaultdict(list)
+        for i, (p, st) in enumerate(zip(params, self.states)):
+            by_kind[(p.device, p.dtype, tuple(k for k in st if k != "step"))].append(i)
+        self.parts = [_Part(group, idx, [params[i] for i in idx], [self.states[i] for i in idx])
+                      for idx in by_kind.values()]
 
-    def __exit__(self, *exc):
-        self._cfg.use_duck_shape = self._old
-        return False
+    @staticmethod
+    def _signature(params, states) -> list:
+        return [(p.data_ptr(), tuple(map(id, st.values()))) for p, st in zip(params, states)]
 
-
-_COMPILED: dict[tuple, Callable] = {}
-
-
-def _chunk_body(ps, gs, sts, s):  # the template whose code object is copied per optimizer configuration
-    for i in range(len(ps)):
-        _APPLY(_RULE, _OPS, ps[i], gs[i], {k: v[i] for k, v in sts.items()}, s, _CONSTS)
-
-
-def _compiled_chunk(cls: type, c: dict, mode: str) -> Callable:
-    """One compiled function per (optimizer class, constants, rounding mode), each with its own code object,
-    so that every configuration keeps its own compile cache and never evicts another's."""
-    key = (cls, tuple(sorted(c.items())), mode)
-    fn = _COMPILED.get(key)
-    if fn is None:
-        lowp = LowPrecision(mode)
-        glb = dict(_chunk_body.__globals__)
-        glb.update(_APPLY=lowp.apply, _RULE=cls._rule, _OPS=_ops.T, _CONSTS=dict(c))
-        code = _chunk_body.__code__.replace(co_name=f"{cls.__name__}_step_{len(_COMPILED)}")
-        body = types.FunctionType(code, glb, code.co_name)
-        fn = torch.compile(body, fullgraph=True, dynamic=True)
-        _COMPILED[key] = fn
-    return fn
+    def matches(self, group: dict, params: list[Tensor], state) -> bool:
+        if group is not self.group or len(params) != len(self.params):
+            return False
+        if not all(p is q for p, q in zip(params, self.params)):
+            return False
+        if not all(state.get(p) is st for p, st in zip(params, self.states)):
+            return False
+        return self._signature(params, self.states) == self.sig
 
 
 # ---------------------------------------------------------------------- argument checks

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import torch
 from torch import Tensor
@@ -82,3 +82,40 @@ class LowPrecision:
             p.copy_(x_new)
         if comp is not None:
             st["kahan_comp"] = comp
+
+
+class StateBytes(NamedTuple):
+    """Bytes of optimizer state: ``per_element`` counts the tensors that grow with a parameter (shaped like it, or
+    ``[k, *p.shape]`` like AdamCM's buffer), ``fixed`` the rest (step counters, priorities, counts)."""
+
+    per_element: int
+    fixed: int
+    numel: int  # parameter elements that have state
+
+    @property
+    def total(self) -> int:
+        return self.per_element + self.fixed
+
+    @property
+    def per_param(self) -> float:
+        """Bytes of state per parameter element (the ``per_element`` part: 8 for fp32 Adam, 4 with bf16 state)."""
+        return self.per_element / self.numel if self.numel else 0.0
+
+
+def state_bytes(optimizer) -> StateBytes:
+    """How much memory an optimizer's state takes, per parameter element and in total."""
+    per = fixed = numel = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if not st:
+                continue
+            numel += p.numel()
+            for k, v in st.items():
+                if not isinstance(v, Tensor):
+                    continue
+                if k != "step" and (v.shape == p.shape or v.dim() == p.dim() + 1 and v.shape[1:] == p.shape):
+                    per += v.nbytes
+                else:
+                    fixed += v.nbytes
+    return StateBytes(per, fixed, numel)

@@ -1,0 +1,156 @@
+"""The compiled path: ``torch.compile`` of the plain per-tensor loop, run over fixed-size chunks of tensors.
+
+Three choices make it fast and keep it from recompiling:
+
+* **One graph per optimizer configuration.** Every tensor is passed flattened to 1-D (state tensors with
+  leading dimensions, like a ``[C, *p.shape]`` buffer, as ``[C, numel]``), sizes are symbolic and not
+  equated with each other (no duck sizing), and every chunk holds exactly :data:`CHUNK` tensors: a short last
+  chunk is padded with scratch tensors of two elements. So one graph serves any model, any mix of sizes.
+* **No views as inputs.** Flattened tensors are ``view(-1).detach()``: they share the storage but are not
+  views, so dynamo does not guard on (and specialise to) the rank of their base, and AOT autograd has no
+  aliasing to replay.
+* **Scalars as one tensor.** The per-step scalars (learning rate, bias corrections, schedules) arrive packed in
+  one 1-D tensor and are indexed inside the graph, so an LR scheduler or a warmup never recompiles, and a step
+  costs one small host-to-tensor copy, not one per scalar.
+
+What a step reuses (the flattened parameter and state tensors, chunk lists, padding) is built once per
+parameter group and bucket, in :class:`ChunkRunner`; a step only flattens the gradients.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from . import _ops
+from ._lowp import LowPrecision
+
+#: tensors per compiled call: the C++ compile time grows with it, the per-call overhead (guards, wrappers,
+#: ~30 us) shrinks with it; 16 keeps a first compile to a few seconds
+CHUNK = 16
+_PAD_NUMEL = 2  # sizes 0 and 1 are specialised by dynamo; 2 is the smallest generic size
+
+_COMPILED: dict[tuple, Callable] = {}
+
+#: Inductor decides at compile time, from the sizes it first sees, which loops run in parallel; one graph serves
+#: every size here, so every loop must be parallel (OpenMP then splits even a short loop; a small tensor costs
+#: one barrier, a big one never runs on one thread).
+_INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True, "size_asserts": False, "emulate_precision_casts": True}
+
+
+def is_compiler_failure(err: Exception) -> bool:
+    mods = {type(e).__module__ for e in (err, err.__cause__, err.__context__) if e is not None}
+    return any(m.startswith(("torch._dynamo", "torch._inductor")) for m in mods)
+
+
+class no_duck_shapes:
+    """Compile chunks shape-generically without equating equal sizes (one graph for any mix of sizes), with the
+    symbolic-shape guards compiled to C++ (checked on every call: in Python they cost ~15 us per call)."""
+
+    def __enter__(self):
+        import torch._dynamo.config as dynamo_config
+        import torch.fx.experimental._config as fx_config
+
+        self._cfgs = (fx_config, dynamo_config)
+        self._old = (fx_config.use_duck_shape, dynamo_config.enable_cpp_symbolic_shape_guards)
+        fx_config.use_duck_shape = False
+        dynamo_config.enable_cpp_symbolic_shape_guards = True
+
+    def __exit__(self, *exc):
+        fx_config, dynamo_config = self._cfgs
+        fx_config.use_duck_shape, dynamo_config.enable_cpp_symbolic_shape_guards = self._old
+        return False
+
+
+def _chunk_body(ps, gs, sts, packed, extra):  # the template whose code object is copied per configuration
+    s = {k: packed[i] for i, k in enumerate(_NAMES)}
+    s.update(extra)
+    for i in range(len(ps)):
+        _APPLY(_RULE, _OPS, ps[i], gs[i], {k: v[i] for k, v in sts.items()}, s, _CONSTS)
+
+
+def compiled_chunk(cls: type, c: dict, mode: str, names: tuple[str, ...]) -> Callable:
+    """One compiled function per (optimizer class, constants, rounding mode, scalar names), each with its own
+    code object, so that every configuration keeps its own compile cache and never evicts another's."""
+    key = (cls, tuple(sorted(c.items())), mode, names)
+    fn = _COMPILED.get(key)
+    if fn is None:
+        lowp = LowPrecision(mode)
+        glb = dict(_chunk_body.__globals__)
+        glb.update(_APPLY=lowp.apply, _RULE=cls._rule, _OPS=_ops.T, _CONSTS=dict(c), _NAMES=names)
+        code = _chunk_body.__code__.replace(co_name=f"{cls.__name__}_step_{len(_COMPILED)}")
+        body = types.FunctionType(code, glb, code.co_name)
+        fn = torch.compile(body, fullgraph=True, dynamic=True, options=_INDUCTOR_OPTIONS)
+        _COMPILED[key] = fn
+    return fn
+
+
+def flat(t: Tensor, p: Tensor, flatten: bool = True) -> Tensor:
+    """``t`` (``p`` itself, its gradient or a state tensor whose trailing dims are ``p``'s) as a detached
+    ``[leading..., numel]`` tensor sharing its storage (not a view: no ``_base`` for dynamo to guard on)."""
+    if not flatten:
+        return t.detach()
+    lead = t.dim() - p.dim()
+    if lead >= 0 and t.shape[lead:] == p.shape:
+        if t.is_contiguous():
+            return t.view(t.shape[:lead] + (-1,)).detach()
+        return t.reshape(t.shape[:lead] + (-1,))  # a copy: only for gradients, never for updated tensors
+    return t.detach()
+
+
+def compilable(p: Tensor, st: dict, keys) -> bool:
+    """Whether a parameter can take the compiled path (the rest take the per-tensor loop)."""
+    return p.numel() >= 2 and p.is_contiguous() and all(st[k].is_contiguous() for k in keys)
+
+
+class ChunkRunner:
+    """The compiled step of one bucket of tensors (same device and dtype): flattened parameters and states,
+    split into chunks of :data:`CHUNK`, the last one padded, built once and reused by every step."""
+
+    def __init__(self, opt, group: dict, ps: list[Tensor], sts: list[dict], keys: list[str],
+                 dtype: torch.dtype, device: torch.device, flatten: bool = True) -> None:
+        self.flatten = bool(flatten)
+        self.ps = ps
+        fl = self.flatten
+        self.fp = [flat(p, p, fl) for p in ps]
+        self.fst = {k: [flat(st[k], p, fl) for st, p in zip(sts, ps)] for k in keys}
+        self.cdtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+        self.device = device
+        n = len(ps)
+        self.ranges = [(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
+        pad = (-n) % CHUNK if self.flatten else 0
+        if pad:
+            dummy = torch.zeros(_PAD_NUMEL, dtype=dtype, device=device)
+            pst = [opt._new_state(dummy, group) for _ in range(pad)]
+            self.pad_p = [torch.zeros(_PAD_NUMEL, dtype=dtype, device=device) for _ in range(pad)]
+            self.pad_g = [torch.zeros(_PAD_NUMEL, dtype=dtype, device=device) for _ in range(pad)]
+            pad_st = {k: [flat(st[k], dummy) for st in pst] for k in keys}
+        else:
+            self.pad_p, self.pad_g, pad_st = [], [], {k: [] for k in keys}
+        self.chunks = []
+        for a, b in self.ranges:
+            if not self.flatten and b - a < CHUNK:  # shaped tensors: the tail goes one by one
+                for i in range(a, b):
+                    self.chunks.append((i, i + 1, self.fp[i:i + 1], {k: v[i:i + 1] for k, v in self.fst.items()}, 0))
+                continue
+            m = CHUNK - (b - a)
+            self.chunks.append((a, b, self.fp[a:b] + self.pad_p[:m],
+                                {k: v[a:b] + pad_st[k][:m] for k, v in self.fst.items()}, m))
+
+    def run(self, cls: type, c: dict, mode: str, gs: list[Tensor], s: dict[str, Any]) -> None:
+        names = tuple(k for k, v in s.items() if not isinstance(v, Tensor))
+        fn = compiled_chunk(cls, c, mode, names)
+        packed = torch.tensor([float(s[k]) for k in names], dtype=self.cdtype, device=self.device)
+        extra = {k: v.detach().to(device=self.device, dtype=self.cdtype)
+                 for k, v in s.items() if isinstance(v, Tensor)}
+        if self.flatten:  # the only per-tensor work of a step (~1 us each)
+            fg = [g.view(-1).detach() if g.is_contiguous() else g.reshape(-1) for g in gs]
+        else:
+            fg = [g.detach() for g in gs]
+        pad_g = self.pad_g
+        with no_duck_shapes():
+            for a, b, cp, cst, m in self.chunks:
+                fn(cp, fg[a:b] + pad_g[:m] if m else fg[a:b], cst, packed, extra)

@@ -1,0 +1,103 @@
+"""The compiled path never recompiles: not when an LR scheduler changes the learning rate every step, not during
+AdEMAMix's alpha/beta3 warmups, not for a second model of other sizes, not for a chunk that is not full."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adamlab
+from adamlab.optim._base import compiler_available
+
+pytestmark = pytest.mark.skipif(not compiler_available(), reason="torch.compile is unavailable here")
+
+# sizes that cover a full chunk of 16 plus a partial one, several ranks, and a 1-element tensor (eager)
+SHAPES = [(7, 3), (5,), (2, 3, 4), (1,), (16, 8)] + [(3 + i,) for i in range(14)]
+OTHER = [(11, 2), (9,), (4, 4, 4)]
+
+SETTINGS = {
+    "sgd": dict(lr=0.05), "momentum": dict(lr=0.05), "nesterov": dict(lr=0.05), "adagrad": dict(lr=0.1),
+    "rmsprop": dict(lr=0.01, centered=True, momentum=0.5), "adam": dict(lr=0.01), "adamw": dict(lr=0.01),
+    "amsgrad": dict(lr=0.01), "exadam": dict(lr=0.01, dynamic_step_size=True), "adamx": dict(lr=0.01),
+    "ademamix": dict(lr=0.01, alpha=8.0, alpha_warmup=6, beta3_warmup=6, weight_decay=0.1),
+    "adamcm": dict(lr=0.01, buffer_size=3), "adamcg": dict(lr=0.01, buffer_size=3),
+    "coupledadam": dict(lr=0.01),
+}
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _params(shapes, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def _groups(name, ps):
+    if name == "coupledadam":  # as for a real model: the embedding matrix coupled, the rest plain AdamW
+        return [{"params": ps[:1], "coupled": True, "weight_decay": 0.0}, {"params": ps[1:], "coupled": False}]
+    return ps
+
+
+def _steps(opt, ps, n, sched=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def test_table_covers_every_optimizer():
+    assert sorted(SETTINGS) == sorted(adamlab.list_optimizers())
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_no_recompilation_across_steps(name):
+    ps = _params(SHAPES)
+    opt = adamlab.create_optimizer(name, _groups(name, ps), compiled=True, **SETTINGS[name])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))  # a new lr every step
+    _steps(opt, ps, 2, sched)
+    before = _graphs()
+    _steps(opt, ps, 10, sched)  # AdEMAMix: alpha and beta3 warm up through step 6, then hold
+    assert _graphs() == before, f"{name} recompiled after step 2"
+    # a second model with other sizes and fewer tensors (one partial chunk) reuses the same graph (CoupledAdam's
+    # coupled tensors keep their shape, so there the graph depends on their ranks: 2-D embeddings here)
+    qs = _params(OTHER, seed=3)
+    opt2 = adamlab.create_optimizer(name, _groups(name, qs), compiled=True, **SETTINGS[name])
+    _steps(opt2, qs, 3, seed=4)
+    assert _graphs() == before, f"{name} compiled again for a model of other sizes"
+
+
+def test_one_graph_per_configuration():
+    """A fresh configuration compiles exactly one graph, whatever the number and sizes of its tensors."""
+    before = _graphs()
+    ps = _params([(13,), (6, 6)] + [(2 + i, 3) for i in range(40)])
+    opt = adamlab.Adam(ps, lr=0.01, betas=(0.8, 0.95), weight_decay=0.3, compiled=True, maximize=True)
+    _steps(opt, ps, 4)
+    assert _graphs() - before == 1
+
+
+def test_state_dtype_and_bf16_params_do_not_recompile():
+    ps = _params(SHAPES, dtype=torch.bfloat16)
+    opt = adamlab.AdamW(ps, lr=0.01, compiled=True, param_update="kahan", state_dtype=torch.bfloat16)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.9)
+    _steps(opt, ps, 2, sched)
+    before = _graphs()
+    _steps(opt, ps, 6, sched)
+    assert _graphs() == before
+
+
+def test_compiled_step_after_load_state_dict_does_not_recompile():
+    ps = _params(SHAPES)
+    opt = adamlab.Adam(ps, lr=0.01, compiled=True)
+    _steps(opt, ps, 3)
+    before = _graphs()
+    opt2 = adamlab.Adam(ps, lr=0.01, compiled=True)
+    opt2.load_state_dict(opt.state_dict())
+    _steps(opt2, ps, 3)
+    assert _graphs() == before
