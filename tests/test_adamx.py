@@ -2,7 +2,6 @@
 behaviour (m is Adam's m̂; v is a front-weighted average that freezes, leaving momentum SGD), argument checks
 and exact resume."""
 
-import io
 import math
 
 import pytest
@@ -12,7 +11,7 @@ import adamlab
 from adamlab import AdamX
 from adamlab.optim.adamx import adamx_betas
 from reference.adamnx_ref import RefAdamNX
-from trajectory import fake_grad, make_params, max_rel, run
+from trajectory import fake_grad, make_params, max_rel, resume_matches, run
 
 LOOP_FOREACH = [dict(foreach=False), dict(foreach=True)]
 
@@ -177,24 +176,4 @@ def test_bad_arguments(kw, exc, msg):
 
 
 def test_exact_resume_through_torch_save():
-    kw = dict(lr=0.01, weight_decay=0.05)
-    k, total = 8, 20
-    full, _ = run(lambda g: AdamX(g, **kw), steps=total)
-    ps = make_params()
-    opt = AdamX([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}], **kw)
-    for t in range(k):
-        for p in ps:
-            p.grad = fake_grad(p, t)
-        opt.step()
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in ps]}, buf)
-    buf.seek(0)
-    ck = torch.load(buf, weights_only=True)
-    ps2 = [p.clone().requires_grad_() for p in ck["params"]]
-    opt2 = AdamX([{"params": ps2[:2]}, {"params": ps2[2:], "lr": 0.03}], **kw)
-    opt2.load_state_dict(ck["opt"])
-    for t in range(k, total):
-        for p in ps2:
-            p.grad = fake_grad(p, t)
-        opt2.step()
-    assert torch.equal(torch.cat([p.detach().flatten() for p in ps2]), full)
+    assert resume_matches(lambda g: AdamX(g, lr=0.01, weight_decay=0.05))

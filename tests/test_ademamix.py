@@ -1,7 +1,6 @@
 """AdEMAMix: SPEC section 8 vectors and schedules, parity with the authors' code, the three paths (warmups never
 recompile), AdamW ⊆ AdEMAMix, β1 = 0 without an m1 buffer, argument checks and exact resume."""
 
-import io
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import adamlab
 from adamlab import AdEMAMix
 from adamlab.optim.ademamix import alpha_schedule, beta3_schedule
 from reference.ademamix_ref import RefAdEMAMix
-from trajectory import fake_grad, make_params, max_rel, run
+from trajectory import fake_grad, make_params, max_rel, resume_matches, run
 
 LOOP_FOREACH = [dict(foreach=False), dict(foreach=True)]
 
@@ -197,23 +196,4 @@ def test_bad_arguments(kw, exc, msg):
                          ids=["warmups", "beta1-0"])
 def test_exact_resume_through_torch_save(kw):
     """Checkpoint at step 8, inside both warmups: the resumed run continues the schedules bit for bit."""
-    k, total = 8, 20
-    full, _ = run(lambda g: AdEMAMix(g, **kw), steps=total)
-    ps = make_params()
-    opt = AdEMAMix([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}], **kw)
-    for t in range(k):
-        for p in ps:
-            p.grad = fake_grad(p, t)
-        opt.step()
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in ps]}, buf)
-    buf.seek(0)
-    ck = torch.load(buf, weights_only=True)
-    ps2 = [p.clone().requires_grad_() for p in ck["params"]]
-    opt2 = AdEMAMix([{"params": ps2[:2]}, {"params": ps2[2:], "lr": 0.03}], **kw)
-    opt2.load_state_dict(ck["opt"])
-    for t in range(k, total):
-        for p in ps2:
-            p.grad = fake_grad(p, t)
-        opt2.step()
-    assert torch.equal(torch.cat([p.detach().flatten() for p in ps2]), full)
+    assert resume_matches(lambda g: AdEMAMix(g, **kw))

@@ -7,13 +7,12 @@ handled, and bf16 parameters work.
 
 from __future__ import annotations
 
-import io
 
 import pytest
 import torch
 
 import adamlab
-from trajectory import fake_grad, make_params, max_rel, run
+from trajectory import fake_grad, make_params, max_rel, resume_matches, run
 
 SETTINGS: dict[str, list[dict]] = {
     "sgd": [dict(lr=0.05), dict(lr=0.05, weight_decay=0.1, maximize=True)],
@@ -65,29 +64,7 @@ def test_compiled_matches_loop(name):
 
 @pytest.mark.parametrize("name,kw", CASES, ids=IDS)
 def test_exact_resume(name, kw):
-    full, _ = run(make(name, **kw), steps=16)
-    ps = make_params()
-    groups = lambda qs: [{"params": qs[:2]}, {"params": qs[2:], "lr": 0.03}]  # noqa: E731
-    opt = make(name, **kw)(groups(ps))
-    for t in range(7):
-        for p in ps:
-            p.grad = fake_grad(p, t)
-        opt.step()
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach() for p in ps]}, buf)
-    buf.seek(0)
-    ck = torch.load(buf, weights_only=True)
-    ps2 = [p.clone().requires_grad_() for p in ck["params"]]
-    opt2 = make(name, **kw)(groups(ps2))
-    opt2.load_state_dict(ck["opt"])
-    for p, q in zip(ps, ps2):
-        for k, v in opt.state[p].items():
-            assert torch.equal(opt2.state[q][k], v) and opt2.state[q][k].dtype == v.dtype, k
-    for t in range(7, 16):
-        for p in ps2:
-            p.grad = fake_grad(p, t)
-        opt2.step()
-    assert torch.equal(torch.cat([p.detach().flatten() for p in ps2]), full)
+    assert resume_matches(make(name, **kw), k=7, total=16)
 
 
 LR = {"sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "adagrad": 0.5, "rmsprop": 0.02, "exadam": 0.005}

@@ -1,6 +1,5 @@
 """The torch.optim contract: param forms, skipping, closure, groups, schedulers, state_dict, bad input."""
 
-import io
 
 import pytest
 import torch
@@ -113,32 +112,6 @@ def test_lr_scheduler_changes_lr(path):
         sched.step()
     total = sum(math.exp(-0.5 * t) for t in range(3))
     assert torch.allclose(ps[0].detach(), x0 - total, rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adagrad", dict(lr=0.1)),
-                                     ("RMSprop", dict(lr=0.01, centered=True, momentum=0.9)),
-                                     ("Adam", dict(lr=0.01, amsgrad=True)), ("AdamW", dict(lr=0.01))])
-def test_exact_resume_through_torch_save(name, kw):
-    cls = getattr(adamlab, name)
-    full, _ = run(lambda gr: cls(gr, **kw), steps=20)
-    ps = make_params()
-    opt = cls([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}], **kw)
-    for t in range(8):
-        for p in ps:
-            p.grad = fake_grad(p, t)
-        opt.step()
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in ps]}, buf)
-    buf.seek(0)
-    ck = torch.load(buf, weights_only=True)
-    ps2 = [p.clone().requires_grad_() for p in ck["params"]]
-    opt2 = cls([{"params": ps2[:2]}, {"params": ps2[2:], "lr": 0.03}], **kw)
-    opt2.load_state_dict(ck["opt"])
-    for t in range(8, 20):
-        for p in ps2:
-            p.grad = fake_grad(p, t)
-        opt2.step()
-    assert torch.equal(torch.cat([p.detach().flatten() for p in ps2]), full)
 
 
 def test_load_state_dict_keeps_float64_state_for_float32_params_policy():

@@ -1,7 +1,6 @@
 """EXAdam: SPEC section 8 vectors, parity with the authors' code (v1 and v2), the three paths, the ~16·lr
 first step, argument checks and exact resume."""
 
-import io
 import math
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 import adamlab
 from adamlab import EXAdam
 from reference.exadam_ref import RefEXAdam
-from trajectory import fake_grad, make_params, max_rel, run
+from trajectory import fake_grad, make_params, max_rel, resume_matches, run
 
 LOOP_FOREACH = [dict(foreach=False), dict(foreach=True)]
 
@@ -161,22 +160,4 @@ def test_exact_resume_through_torch_save(kw):
 
 
 def _resumed(cls, kw, k=8, total=20):
-    full, _ = run(lambda g: cls(g, **kw), steps=total)
-    ps = make_params()
-    opt = cls([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}], **kw)
-    for t in range(k):
-        for p in ps:
-            p.grad = fake_grad(p, t)
-        opt.step()
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in ps]}, buf)
-    buf.seek(0)
-    ck = torch.load(buf, weights_only=True)
-    ps2 = [p.clone().requires_grad_() for p in ck["params"]]
-    opt2 = cls([{"params": ps2[:2]}, {"params": ps2[2:], "lr": 0.03}], **kw)
-    opt2.load_state_dict(ck["opt"])
-    for t in range(k, total):
-        for p in ps2:
-            p.grad = fake_grad(p, t)
-        opt2.step()
-    return torch.equal(torch.cat([p.detach().flatten() for p in ps2]), full)
+    return resume_matches(lambda g: cls(g, **kw), k, total)
