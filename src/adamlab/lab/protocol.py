@@ -115,7 +115,10 @@ def recover(storage, store: Store, tasks: dict[str, Task], optimizers: list[str]
             for t in trials:
                 if t.state == TrialState.RUNNING:
                     storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                    study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number,
+                    # an enqueued trial killed before its first suggest has no params yet: its point is in the
+                    # enqueued 'fixed_params' (the registry default of trial 0, or an earlier retry)
+                    point = {**t.system_attrs.get("fixed_params", {}), **t.params}
+                    study.enqueue_trial(point, user_attrs={"retry_of": t.number,
                                                                     **({"default": True} if t.user_attrs.get("default") else {})})
                     stats["failed_running"] += 1
             keep = {t.number for t in completed_trials(study)}
