@@ -101,3 +101,20 @@ def test_compiled_step_after_load_state_dict_does_not_recompile():
     opt2.load_state_dict(opt.state_dict())
     _steps(opt2, ps, 3)
     assert _graphs() == before
+
+
+def test_default_path_skips_compiling_a_single_pass_rule(monkeypatch):
+    """'auto' compiles big buckets, except when the rule is one multi-tensor operation (plain SGD), which the
+    multi-tensor path already runs in one pass over memory."""
+    import adamlab.optim._base as base
+
+    monkeypatch.delenv("ADAMLAB_IMPL", raising=False)
+    calls = []
+    monkeypatch.setattr(base.AdamlabOptimizer, "_run_compiled",
+                        lambda self, *a, **k: calls.append(type(self).__name__ + str(self.defaults.get("momentum"))))
+    for kw in (dict(momentum=0.0), dict(momentum=0.9)):
+        ps = [torch.zeros(base._AUTO_COMPILE_NUMEL, requires_grad=True)]
+        opt = adamlab.SGD(ps, lr=0.1, **kw)
+        ps[0].grad = torch.ones_like(ps[0])
+        opt.step()
+    assert calls == ["SGD0.9"]

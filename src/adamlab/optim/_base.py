@@ -267,7 +267,7 @@ class AdamlabOptimizer(Optimizer):
             # the default: compile big buckets where a compiler works; compiling costs seconds, which small
             # models never win back, so they take the multi-tensor path
             big = (part.numel if sub is None else sum(p.numel() for p in ps)) >= _AUTO_COMPILE_NUMEL
-            impl = "compiled" if big and compiler_available() else "foreach"
+            impl = "compiled" if big and compiler_available() and self._fusion_pays(part, s, c) else "foreach"
         if impl == "compiled":
             if sub is None:
                 fast, eager = part.fast, part.eager
@@ -298,6 +298,22 @@ class AdamlabOptimizer(Optimizer):
             for p, g, st in zip(ps, gs, sts):
                 lowp.apply(rule, _ops.T, p, g, {k: st[k] for k in keys}, s, c)
 
+    def _fusion_pays(self, part: "_Part", s: dict, c: dict) -> bool:
+        """Whether compiling can beat the multi-tensor path: not when the rule is a single multi-tensor operation
+        (plain SGD's ``p += -lr * g`` is already one pass over memory, and the compiled call costs more).
+        Decided once per part by running the rule on 2-element scratch tensors and counting operations."""
+        if part.fusion_pays is None:
+            counter = _CountingOps(_ops.F)
+            dummy = torch.zeros(2, dtype=part.dtype, device=part.device)
+            st = {k: v for k, v in self._new_state(dummy, part.group).items() if k != "step"}
+            try:
+                type(self)._rule(counter, [dummy], [torch.zeros_like(dummy)], {k: [v] for k, v in st.items()},
+                                 {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in s.items()}, c)
+                part.fusion_pays = counter.calls > 1
+            except Exception:  # a rule the scratch run cannot take: compile, as for any big bucket
+                part.fusion_pays = True
+        return part.fusion_pays
+
     def _run_compiled(self, ps, gs, sts, s, c, keys, dtype, device, part: "_Part | None" = None,
                       group: dict | None = None) -> None:
         """The compiled step of ``ps`` (all compilable); ``part`` caches the flattened tensors across steps."""
@@ -312,11 +328,27 @@ class AdamlabOptimizer(Optimizer):
         runner.run(type(self), c, self.lowp.mode, gs, s)
 
 
+class _CountingOps:
+    """An operation vocabulary that counts the operations a rule issues (see ``_fusion_pays``)."""
+
+    def __init__(self, ops) -> None:
+        self._ops, self.calls = ops, 0
+
+    def __getattr__(self, name):
+        fn = getattr(self._ops, name)
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+
 class _Part:
     """The parameters of one group on one (device, dtype), with the lists each step reuses."""
 
     __slots__ = ("group", "idx", "ps", "sts", "keys", "device", "dtype", "numel", "needs_cast", "st_lists",
-                 "fast", "eager", "runner")
+                 "fast", "eager", "runner", "fusion_pays")
 
     def __init__(self, group: dict, idx: list[int], ps: list[Tensor], sts: list[dict]) -> None:
         self.group, self.idx, self.ps, self.sts = group, idx, ps, sts
@@ -332,6 +364,7 @@ class _Part:
         fast = set(self.fast)
         self.eager = [i for i in range(len(ps)) if i not in fast]
         self.runner = None
+        self.fusion_pays: bool | None = None
 
 
 class _Plan:
