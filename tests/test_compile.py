@@ -1,5 +1,8 @@
 """The compiled path never recompiles: not when an LR scheduler changes the learning rate every step, not during
-AdEMAMix's alpha/beta3 warmups, not for a second model of other sizes, not for a chunk that is not full."""
+AdEMAMix's alpha/beta3 warmups, not for a second model of other sizes, not for a chunk that is not full.
+
+One graph per optimizer configuration and chunk size: buckets of up to 16 tensors use chunks of 16, bigger ones
+chunks of 32."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ pytestmark = pytest.mark.skipif(not compiler_available(), reason="torch.compile 
 
 # sizes that cover a full chunk of 16 plus a partial one, several ranks, and a 1-element tensor (eager)
 SHAPES = [(7, 3), (5,), (2, 3, 4), (1,), (16, 8)] + [(3 + i,) for i in range(14)]
-OTHER = [(11, 2), (9,), (4, 4, 4)]
+OTHER = [(11, 2), (9,), (4, 4, 4)] + [(5 + i, 2) for i in range(20)]
 
 SETTINGS = {
     "sgd": dict(lr=0.05), "momentum": dict(lr=0.05), "nesterov": dict(lr=0.05), "adagrad": dict(lr=0.1),
