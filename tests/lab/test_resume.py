@@ -91,3 +91,32 @@ def test_recover_fails_running_trials_and_requeues_their_point(tmp_path):
     retry = study.ask()
     assert space.suggest(retry, "adam") == params and retry.user_attrs["default"] is True
     assert store.runs(task="sharp_flat") == []
+
+
+
+def test_a_kill_inside_suggest_retries_the_same_quasi_random_point(tmp_path):
+    """The kill the timing-based test above can land on: after QMCSampler drew its index, before all params
+    were written. The retry completes that point instead of moving on to the next index of the sequence."""
+    from dataclasses import asdict
+
+    from adamlab.lab import protocol, space
+
+    def run(out, kill_at):
+        os.makedirs(out)
+        cfg = BenchConfig(out=str(out), suite="smoke", tasks=["sharp_flat"], optimizers=["adam"], trials=5, seeds=1)
+        protocol.init_worker(asdict(cfg), child=False)
+        storage, store, tasks = protocol._CTX["storage"], protocol._CTX["store"], protocol._CTX["tasks"]
+        recover(storage, store, tasks, ["adam"])
+        study = protocol.load_study(storage, tasks["sharp_flat"], "adam")
+        for i in range(5):
+            if i == kill_at:  # ask, draw the first parameter (the sampler hands out an index) ... and die
+                dead = study.ask()
+                key, spec = sorted(space.search_space("adam").items())[0]
+                dead.suggest_float(space.optuna_key(key, spec), spec.low, spec.high, log=True)
+                assert recover(storage, store, tasks, ["adam"])["failed_running"] == 1
+            protocol.tune_job(("sharp_flat", "adam"))
+        done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+        assert len(done) == 5
+        return sorted(tuple(sorted(t.params.items())) for t in done)
+
+    assert run(tmp_path / "killed", kill_at=2) == run(tmp_path / "clean", kill_at=-1)

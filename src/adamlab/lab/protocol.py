@@ -112,12 +112,19 @@ def recover(storage, store: Store, tasks: dict[str, Task], optimizers: list[str]
                     warnings.simplefilter("ignore")
                     study.enqueue_trial(space.default_params(opt), user_attrs={"default": True})
                 continue
+            names = {space.optuna_key(k, spec) for k, spec in space.search_space(opt).items()}
+            used_ids = {t.user_attrs["qmc_id"] for t in trials if "qmc_id" in t.user_attrs}
             for t in trials:
                 if t.state == TrialState.RUNNING:
                     storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
                     # an enqueued trial killed before its first suggest has no params yet: its point is in the
                     # enqueued 'fixed_params' (the registry default of trial 0, or an earlier retry)
                     point = {**t.system_attrs.get("fixed_params", {}), **t.params}
+                    if not names <= point.keys():
+                        # killed inside ask/suggest (workers take turns there, so at most one such trial):
+                        # if it had drawn its quasi-random index, hand the index back so that the retry
+                        # completes the same point instead of taking the next one
+                        _rewind_qmc_counter(storage, study, used_ids)
                     study.enqueue_trial(point, user_attrs={"retry_of": t.number,
                                                                     **({"default": True} if t.user_attrs.get("default") else {})})
                     stats["failed_running"] += 1
@@ -125,6 +132,19 @@ def recover(storage, store: Store, tasks: dict[str, Task], optimizers: list[str]
             stats["deleted_rows"] += store.delete_tune_runs(task=task.name, task_hash=task.hash, optimizer=opt,
                                                             keep_trials=keep)
     return stats
+
+
+def _qmc_counter(storage, study: optuna.Study) -> tuple[str, int] | None:
+    """QMCSampler's index of the last quasi-random point it handed out (a study system attribute)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    found = [(k, v) for k, v in storage.get_study_system_attrs(study_id).items() if k.startswith("qmc:")]
+    return found[0] if len(found) == 1 else None
+
+
+def _rewind_qmc_counter(storage, study: optuna.Study, used_ids: set[int]) -> None:
+    counter = _qmc_counter(storage, study)
+    if counter is not None and counter[1] not in used_ids:  # drawn, but no trial got to record it
+        storage.set_study_system_attr(storage.get_study_id_from_name(study.study_name), counter[0], counter[1] - 1)
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -173,8 +193,12 @@ def tune_job(job: tuple[str, str]) -> dict:
     # workers take turns asking, so no two get the same trial or the same quasi-random point.
     with _CTX["ask_lock"], warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        before = _qmc_counter(storage, study)
         trial = study.ask()
         params = space.suggest(trial, opt)
+        after = _qmc_counter(storage, study)
+        if after is not None and after != before:  # this trial drew quasi-random index after[1]: say so
+            trial.set_user_attr("qmc_id", after[1])
     res = execute(task, opt, params, TUNE_SEED, final=False)
     value = res.final_val_loss if math.isfinite(res.final_val_loss) else math.inf
     store.add_run(task=task.name, task_hash=task.hash, optimizer=opt, phase="tune", trial=trial.number,

@@ -1,6 +1,7 @@
 """adamlab's optimizers: the classic family and the research optimizers, on one shared engine."""
 
 from ._base import AdamlabOptimizer, compiler_available
+from ._lowp import state_bytes
 from .adam import Adam, AdamW
 from .adamx import AdamNX, AdamX
 from .coupled import CoupledAdam
@@ -9,6 +10,6 @@ from .ademamix import AdEMAMix
 from .exadam import EXAdam
 from .sgd import SGD, Adagrad, RMSprop
 
-__all__ = ["AdamlabOptimizer", "compiler_available",
+__all__ = ["AdamlabOptimizer", "compiler_available", "state_bytes",
            "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "EXAdam", "AdamX", "AdamNX", "AdEMAMix",
            "AdamCM", "AdamCG", "CoupledAdam"]
