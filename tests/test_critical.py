@@ -329,3 +329,31 @@ def test_lr_scheduler_and_param_groups():
     assert opt.state[ps[3]]["buffer"].shape == (2, 2, 2, 3) and int(opt.state[ps[3]]["count"]) == 2
     with pytest.raises(ValueError, match="buffer_size"):
         opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "buffer_size": 0})
+
+
+@pytest.mark.parametrize("cls", [adamlab.AdamCM, adamlab.AdamCG])
+@pytest.mark.parametrize("change", [dict(buffer_size=3), dict(kappa=0.0)])
+def test_changing_the_buffer_mid_run_is_a_clear_error_and_changes_nothing(cls, change):
+    ps = make_params(seed=0)
+    opt = cls(ps, lr=1e-2, buffer_size=5)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    before = [p.detach().clone() for p in ps]
+    opt.param_groups[0].update(change)
+    with pytest.raises(ValueError, match="buffer_size=5"):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, ps))
+    opt.param_groups[0].update(kappa=1.0, buffer_size=5)
+    opt.step()  # and it goes on once the settings are back
+
+
+def test_switching_the_buffer_on_mid_run_is_a_clear_error():
+    ps = make_params(seed=0)
+    opt = adamlab.AdamCM(ps, lr=1e-2, kappa=0.0)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    opt.param_groups[0]["kappa"] = 1.0
+    with pytest.raises(ValueError, match="kappa=0"):
+        opt.step()

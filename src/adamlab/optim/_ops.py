@@ -7,6 +7,10 @@ An update rule is a function ``rule(o, p, g, st, s, c)`` written against ``o``:
   same loop, where scalars arrive as 0-d tensors so that a changing learning rate never recompiles).
 * :data:`F` applies each operation to a list of tensors with ``torch._foreach_*`` kernels where torch has
   one, and tensor by tensor otherwise (the multi-tensor path).
+* :data:`C` is :data:`T` as the compiled path traces it: the same maths in an order that costs the kernel
+  fewer instructions per element (a division by a per-step scalar becomes a multiplication by its reciprocal,
+  computed once per call; ``lerp`` loses its branch). Each rewrite moves a result by at most an ulp or two, so
+  the compiled path agrees with the loop to round-off, not bit for bit (the tests hold it to that).
 
 Scalars may be Python numbers, 0-d tensors, or (in :data:`F`) one of those per tensor in a list.
 Every in-place operation returns its first argument, so calls can be chained like tensor methods.
@@ -20,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-__all__ = ["T", "F"]
+__all__ = ["T", "F", "C"]
 
 
 _LOW = (torch.bfloat16, torch.float16)
@@ -309,5 +313,36 @@ class _ForeachOps:
         return out
 
 
+def _reciprocal(a: Any) -> Any:
+    """``1 / a`` for a scalar ``a`` (a number other than 0, or a 0-d tensor); None for anything else."""
+    if _is_num(a):
+        return 1.0 / a if a != 0 else None
+    return torch.reciprocal(a) if isinstance(a, Tensor) and a.dim() == 0 else None
+
+
+class _CompiledOps(_TensorOps):
+    """:class:`_TensorOps` for the compiled path. On a CPU a vector division costs several multiplications'
+    time, and a step already computes one or more divisions by tensors per element: with two threads that
+    arithmetic, not memory, is what keeps a step from the bandwidth limit."""
+
+    @staticmethod
+    def div(x, y):
+        r = _reciprocal(y) if isinstance(x, Tensor) and x.dim() > 0 else None
+        return x / y if r is None else x * r
+
+    @staticmethod
+    def div_(x, y):
+        r = _reciprocal(y) if x.dim() > 0 else None
+        return x.div_(y) if r is None else x.mul_(r)
+
+    @staticmethod
+    def lerp_(x, y, w):
+        """``x += w * (y - x)`` in one form for every ``w`` (torch's lerp switches forms at ``w = 0.5``)."""
+        if _is_num(w) or (isinstance(w, Tensor) and w.dim() == 0):
+            return x.add_((y - x) * w)
+        return x.lerp_(y, w)
+
+
 T = _TensorOps()
 F = _ForeachOps()
+C = _CompiledOps()

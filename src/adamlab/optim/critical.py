@@ -119,6 +119,13 @@ class _CriticalBase(AdamlabOptimizer):
         return s
 
     def _prepare(self, group, params, grads):
+        st = self.state[params[0]]  # the buffer's shape is fixed when a tensor's state is created: say so
+        has = "buffer" in st
+        if (group["kappa"] > 0) != has or (has and st["buffer"].shape[0] != group["buffer_size"]):
+            was = f"buffer_size={st['buffer'].shape[0]}" if has else "kappa=0 (no buffer)"
+            raise ValueError(f"{type(self).__name__}: kappa={group['kappa']!r}, buffer_size={group['buffer_size']!r} "
+                             f"does not match the state, created with {was}; kappa switching between 0 and > 0 "
+                             "and buffer_size are fixed once training starts (make a new optimizer to change them)")
         if group["kappa"] > 0 and group["synced"]:
             return {"priority": synced_priority(grads)}
         return {}
