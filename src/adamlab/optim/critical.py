@@ -36,7 +36,17 @@ def _buffer_state(p: Tensor, size: int) -> dict[str, Tensor]:
 
 
 def _slot_sum(buf: Tensor) -> Tensor:
-    """Σ of the stored tensors (the empty slots hold zeros, so the sum over all slots is the sum over the filled)."""
+    """Σ of the stored tensors (the empty slots hold zeros, so the sum over all slots is the sum over the filled).
+
+    Compiled, the sum is written out slot by slot: a chain of element-wise additions that the compiler fuses into
+    the step's one pass over memory (a reduction over dim 0 becomes a loop of its own, with its result written to
+    and read back from a temporary). The compiled graph then holds ``buffer_size`` as a constant."""
+    if torch.compiler.is_compiling():
+        rows = buf.unbind(0)
+        acc = rows[0]
+        for row in rows[1:]:
+            acc = acc + row
+        return acc
     return buf.sum(0)
 
 
