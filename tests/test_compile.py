@@ -121,3 +121,24 @@ def test_default_path_skips_compiling_a_single_pass_rule(monkeypatch):
         ps[0].grad = torch.ones_like(ps[0])
         opt.step()
     assert calls == ["SGD0.9"]
+
+
+def test_small_tensors_take_the_one_thread_graph_and_the_order_is_restored():
+    """On a CPU a bucket splits into tensors under SMALL_NUMEL elements (a graph without parallel loops) and the
+    rest; the split reorders the tensors internally, and every tensor still gets its own update (float64 vs the
+    loop)."""
+    from adamlab.optim import _compiled
+
+    big = _compiled.SMALL_NUMEL
+    shapes = [(big + 5,), (3, 4), (2, big // 2 + 1), (7,), (5, 5)]
+    out = {}
+    for path in (dict(foreach=False), dict(compiled=True)):
+        ps = _params(shapes, dtype=torch.float64)
+        opt = adamlab.Adam(ps, lr=0.01, weight_decay=0.1, **path)
+        _steps(opt, ps, 4)
+        out[opt.implementation] = ps
+    for a, b in zip(out["loop"], out["compiled"]):
+        assert torch.allclose(a, b, rtol=1e-12, atol=0)
+    runner = opt._plans[id(opt.param_groups[0])].parts[0].runner
+    assert runner.order == [1, 3, 4, 0, 2]
+    assert sorted({(chunk[-1], chunk[-2]) for chunk in runner.chunks}) == [(False, 16), (True, 16)]

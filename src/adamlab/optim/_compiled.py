@@ -43,6 +43,10 @@ _COMPILED: dict[tuple, Callable] = {}
 #: every size here, so every loop must be parallel (OpenMP then splits even a short loop; a small tensor costs
 #: one barrier, a big one never runs on one thread).
 _INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True, "size_asserts": False, "emulate_precision_casts": True}
+_SERIAL_OPTIONS = {"cpp.threads": 1, "size_asserts": False, "emulate_precision_casts": True}
+
+#: on a CPU, tensors of fewer elements take the one-thread graph (torch's CPU kernels split work at 32768 too)
+SMALL_NUMEL = 1 << 15
 
 
 def is_compiler_failure(err: Exception) -> bool:
@@ -76,10 +80,12 @@ def _chunk_body(ps, gs, sts, packed, extra):  # the template whose code object i
         _APPLY(_RULE, _OPS, ps[i], gs[i], {k: v[i] for k, v in sts.items()}, s, _CONSTS)
 
 
-def compiled_chunk(cls: type, c: dict, mode: str, names: tuple[str, ...], size: int = CHUNK) -> Callable:
-    """One compiled function per (optimizer class, constants, rounding mode, scalar names, chunk size), each with
-    its own code object, so that every configuration keeps its own compile cache and never evicts another's."""
-    key = (cls, tuple(sorted(c.items())), mode, names, size)
+def compiled_chunk(cls: type, c: dict, mode: str, names: tuple[str, ...], size: int = CHUNK,
+                   serial: bool = False) -> Callable:
+    """One compiled function per (optimizer class, constants, rounding mode, scalar names, chunk size, serial),
+    each with its own code object, so that every configuration keeps its own compile cache and never evicts
+    another's. ``serial``: compiled for one thread (no parallel loops, no barriers)."""
+    key = (cls, tuple(sorted(c.items())), mode, names, size, serial)
     fn = _COMPILED.get(key)
     if fn is None:
         lowp = LowPrecision(mode)
@@ -87,7 +93,7 @@ def compiled_chunk(cls: type, c: dict, mode: str, names: tuple[str, ...], size: 
         glb.update(_APPLY=lowp.apply, _RULE=cls._rule, _OPS=_ops.C, _CONSTS=dict(c), _NAMES=names)
         code = _chunk_body.__code__.replace(co_name=f"{cls.__name__}_step_{len(_COMPILED)}")
         body = types.FunctionType(code, glb, code.co_name)
-        fn = torch.compile(body, fullgraph=True, dynamic=True, options=_INDUCTOR_OPTIONS)
+        fn = torch.compile(body, fullgraph=True, dynamic=True, options=_SERIAL_OPTIONS if serial else _INDUCTOR_OPTIONS)
         _COMPILED[key] = fn
     return fn
 
@@ -112,50 +118,75 @@ def compilable(p: Tensor, st: dict, keys) -> bool:
 
 class ChunkRunner:
     """The compiled step of one bucket of tensors (same device and dtype): flattened parameters and states,
-    split into chunks of :data:`CHUNK`, the last one padded, built once and reused by every step."""
+    split into chunks of :data:`CHUNK` (or :data:`BIG_CHUNK`), the last chunk of each part padded, built once and
+    reused by every step.
+
+    On a CPU the bucket has two parts. Tensors of fewer than :data:`SMALL_NUMEL` elements (biases, norms) run
+    through a graph compiled for one thread: a parallel loop over a few hundred elements costs a barrier between
+    the threads that is worth more than the loop, and many times more when another process holds a core. The rest
+    run through the parallel graph. (torch's own CPU kernels draw the same line, with their grain size.)"""
 
     def __init__(self, opt, group: dict, ps: list[Tensor], sts: list[dict], keys: list[str],
                  dtype: torch.dtype, device: torch.device, flatten: bool = True) -> None:
         self.flatten = bool(flatten)
+        n = len(ps)
+        if torch.device(device).type == "cpu":
+            small = [i for i in range(n) if ps[i].numel() < SMALL_NUMEL]
+            big = [i for i in range(n) if ps[i].numel() >= SMALL_NUMEL]
+        else:
+            small, big = [], list(range(n))
+        self.order = small + big
+        self.ordered = self.order == list(range(n))
+        ps = [ps[i] for i in self.order]
+        sts = [sts[i] for i in self.order]
         self.ps = ps
         fl = self.flatten
         self.fp = [flat(p, p, fl) for p in ps]
         self.fst = {k: [flat(st[k], p, fl) for st, p in zip(sts, ps)] for k in keys}
         self.cdtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
         self.device = device
-        n = len(ps)
-        self.size = size = CHUNK if n <= CHUNK else BIG_CHUNK
-        self.ranges = [(a, min(a + size, n)) for a in range(0, n, size)]
-        pad = (-n) % size if self.flatten else 0
+        self.chunks = []  # (first, end, params, states, padding, chunk size, serial)
+        for serial, lo, hi in ((True, 0, len(small)), (False, len(small), n)):
+            if hi > lo:
+                self._add_part(opt, group, keys, dtype, device, serial, lo, hi)
+
+    def _add_part(self, opt, group, keys, dtype, device, serial: bool, lo: int, hi: int) -> None:
+        size = CHUNK if hi - lo <= CHUNK else BIG_CHUNK
+        pad = (-(hi - lo)) % size if self.flatten else 0
         if pad:
             dummy = torch.zeros(_PAD_NUMEL, dtype=dtype, device=device)
             pst = [opt._new_state(dummy, group) for _ in range(pad)]
-            self.pad_p = [torch.zeros(_PAD_NUMEL, dtype=dtype, device=device) for _ in range(pad)]
-            self.pad_g = [torch.zeros(_PAD_NUMEL, dtype=dtype, device=device) for _ in range(pad)]
+            pad_p = [torch.zeros(_PAD_NUMEL, dtype=dtype, device=device) for _ in range(pad)]
+            pad_g = [torch.zeros(_PAD_NUMEL, dtype=dtype, device=device) for _ in range(pad)]
             pad_st = {k: [flat(st[k], dummy) for st in pst] for k in keys}
         else:
-            self.pad_p, self.pad_g, pad_st = [], [], {k: [] for k in keys}
-        self.chunks = []
-        for a, b in self.ranges:
+            pad_p, pad_g, pad_st = [], [], {k: [] for k in keys}
+        for a in range(lo, hi, size):
+            b = min(a + size, hi)
             if not self.flatten and b - a < size:  # shaped tensors: the tail goes one by one
                 for i in range(a, b):
-                    self.chunks.append((i, i + 1, self.fp[i:i + 1], {k: v[i:i + 1] for k, v in self.fst.items()}, 0))
+                    self.chunks.append((i, i + 1, self.fp[i:i + 1], {k: v[i:i + 1] for k, v in self.fst.items()},
+                                        [], 1, serial))
                 continue
             m = size - (b - a)
-            self.chunks.append((a, b, self.fp[a:b] + self.pad_p[:m],
-                                {k: v[a:b] + pad_st[k][:m] for k, v in self.fst.items()}, m))
+            self.chunks.append((a, b, self.fp[a:b] + pad_p[:m], {k: v[a:b] + pad_st[k][:m] for k, v in self.fst.items()},
+                                pad_g[:m], size, serial))
 
     def run(self, cls: type, c: dict, mode: str, gs: list[Tensor], s: dict[str, Any]) -> None:
         names = tuple(k for k, v in s.items() if not isinstance(v, Tensor))
-        fn = compiled_chunk(cls, c, mode, names, self.size)
         packed = torch.tensor([float(s[k]) for k in names], dtype=self.cdtype, device=self.device)
         extra = {k: v.detach().to(device=self.device, dtype=self.cdtype)
                  for k, v in s.items() if isinstance(v, Tensor)}
+        if not self.ordered:
+            gs = [gs[i] for i in self.order]
         if self.flatten:  # the only per-tensor work of a step (~1 us each)
             fg = [g.view(-1).detach() if g.is_contiguous() else g.reshape(-1) for g in gs]
         else:
             fg = [g.detach() for g in gs]
-        pad_g = self.pad_g
+        fns: dict[tuple[int, bool], Callable] = {}
         with no_duck_shapes():
-            for a, b, cp, cst, m in self.chunks:
-                fn(cp, fg[a:b] + pad_g[:m] if m else fg[a:b], cst, packed, extra)
+            for a, b, cp, cst, pad_g, size, serial in self.chunks:
+                fn = fns.get((size, serial))
+                if fn is None:
+                    fn = fns[size, serial] = compiled_chunk(cls, c, mode, names, size, serial)
+                fn(cp, fg[a:b] + pad_g if pad_g else fg[a:b], cst, packed, extra)
