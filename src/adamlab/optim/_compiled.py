@@ -40,8 +40,9 @@ _PAD_NUMEL = 2  # sizes 0 and 1 are specialised by dynamo; 2 is the smallest gen
 _COMPILED: dict[tuple, Callable] = {}
 
 #: Inductor decides at compile time, from the sizes it first sees, which loops run in parallel; one graph serves
-#: every size here, so every loop must be parallel (OpenMP then splits even a short loop; a small tensor costs
-#: one barrier, a big one never runs on one thread).
+#: every size here, so in the graph for big tensors every loop is parallel (a big tensor never runs on one thread),
+#: and the graph for small tensors (under SMALL_NUMEL elements, on a CPU) has no parallel loop at all (no barrier
+#: per small tensor).
 _INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True, "size_asserts": False, "emulate_precision_casts": True}
 _SERIAL_OPTIONS = {"cpp.threads": 1, "size_asserts": False, "emulate_precision_casts": True}
 
