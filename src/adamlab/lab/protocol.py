@@ -134,17 +134,18 @@ def recover(storage, store: Store, tasks: dict[str, Task], optimizers: list[str]
     return stats
 
 
-def _qmc_counter(storage, study: optuna.Study) -> tuple[str, int] | None:
-    """QMCSampler's index of the last quasi-random point it handed out (a study system attribute)."""
+def _qmc_counter(storage, study: optuna.Study) -> tuple[int, str, int] | None:
+    """QMCSampler's index of the last quasi-random point it handed out (a study system attribute), as
+    (study id, attribute key, index)."""
     study_id = storage.get_study_id_from_name(study.study_name)
     found = [(k, v) for k, v in storage.get_study_system_attrs(study_id).items() if k.startswith("qmc:")]
-    return found[0] if len(found) == 1 else None
+    return (study_id, *found[0]) if len(found) == 1 else None
 
 
 def _rewind_qmc_counter(storage, study: optuna.Study, used_ids: set[int]) -> None:
     counter = _qmc_counter(storage, study)
-    if counter is not None and counter[1] not in used_ids:  # drawn, but no trial got to record it
-        storage.set_study_system_attr(storage.get_study_id_from_name(study.study_name), counter[0], counter[1] - 1)
+    if counter is not None and counter[2] not in used_ids:  # drawn, but no trial got to record it
+        storage.set_study_system_attr(counter[0], counter[1], counter[2] - 1)
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -197,8 +198,8 @@ def tune_job(job: tuple[str, str]) -> dict:
         trial = study.ask()
         params = space.suggest(trial, opt)
         after = _qmc_counter(storage, study)
-        if after is not None and after != before:  # this trial drew quasi-random index after[1]: say so
-            trial.set_user_attr("qmc_id", after[1])
+        if after is not None and after != before:  # this trial drew quasi-random index after[2]: say so
+            trial.set_user_attr("qmc_id", after[2])
     res = execute(task, opt, params, TUNE_SEED, final=False)
     value = res.final_val_loss if math.isfinite(res.final_val_loss) else math.inf
     store.add_run(task=task.name, task_hash=task.hash, optimizer=opt, phase="tune", trial=trial.number,

@@ -215,8 +215,6 @@ class AdamlabOptimizer(Optimizer):
         for p in params:
             if torch.is_complex(p):
                 raise RuntimeError(f"{name} does not support complex parameters")
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{name} does not support sparse gradients")
             if not self.state[p]:
                 self.state[p] = self._new_state(p, group)
         plan = plans[id(group)] = _Plan(self, group, params)
@@ -226,11 +224,11 @@ class AdamlabOptimizer(Optimizer):
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return
-        plan = self._plan(group, params)
         grads = [p.grad for p in params]
-        for g in grads:
+        for g in grads:  # every step (gradients are new tensors each step), before any state is created
             if g.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        plan = self._plan(group, params)
         extra = self._prepare(group, params, grads)
         c = self._constants(group)
         plan.steps.add_(1)  # every parameter's ``step`` is a 0-d view into this one tensor

@@ -140,7 +140,6 @@ class ChunkRunner:
         self.ordered = self.order == list(range(n))
         ps = [ps[i] for i in self.order]
         sts = [sts[i] for i in self.order]
-        self.ps = ps
         fl = self.flatten
         self.fp = [flat(p, p, fl) for p in ps]
         self.fst = {k: [flat(st[k], p, fl) for st, p in zip(sts, ps)] for k in keys}
