@@ -142,3 +142,59 @@ def test_small_tensors_take_the_one_thread_graph_and_the_order_is_restored():
     runner = opt._plans[id(opt.param_groups[0])].parts[0].runner
     assert runner.order == [1, 3, 4, 0, 2]
     assert sorted({(chunk[-1], chunk[-2]) for chunk in runner.chunks}) == [(False, 16), (True, 16)]
+
+
+def _runners(opt):
+    return [part.runner for plan in opt._plans.values() for part in plan.parts if part.runner is not None]
+
+
+@pytest.mark.parametrize("name", [n for n in SETTINGS if n != "sgd"])  # plain SGD is one foreach op, not compiled
+def test_after_the_first_step_each_chunk_calls_its_graph_directly(name, monkeypatch):
+    """Every chunk goes through dynamo once; later steps call the graph dynamo picked for it, without dynamo, and
+    give bit for bit what the calls through dynamo give (float64, an LR scheduler and AdEMAMix's warmups on)."""
+    from adamlab.optim import _compiled
+
+    out = []
+    for direct in (False, True):
+        monkeypatch.setattr(_compiled, "DIRECT", direct)
+        ps = _params(SHAPES, dtype=torch.float64)
+        opt = adamlab.create_optimizer(name, _groups(name, ps), compiled=True, **SETTINGS[name])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
+        _steps(opt, ps, 2, sched)
+        runners = _runners(opt)
+        assert runners
+        if direct:
+            assert all(g and callable(g[0]) for r in runners for g in r.graphs), f"{name}: a chunk was not bound"
+            with monkeypatch.context() as m:  # from now on, any call through dynamo fails the test
+                m.setattr(_compiled, "compiled_chunk", lambda *a, **k: pytest.fail("went through dynamo"))
+                _steps(opt, ps, 8, sched, seed=2)
+        else:
+            assert all(g is None for r in runners for g in r.graphs)
+            _steps(opt, ps, 8, sched, seed=2)
+        out.append([p.detach().clone() for p in ps] + [t.clone() for st in opt.state.values()
+                                                       for t in st.values() if torch.is_tensor(t)])
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+
+
+def test_shaped_chunks_find_their_own_graph_among_several():
+    """Coupled tensors keep their shape, so a group of 2-D and 3-D tensors has two graphs; each chunk calls the
+    one that fits it, a non-contiguous gradient goes through dynamo, and the result is the loop's (float64)."""
+    shapes = [(6, 3), (4, 2, 3), (5, 4), (3, 3, 2)] * 5  # 20 tensors: a chunk of 16, then 4 one by one
+    out = {}
+    for path in (dict(foreach=False), dict(compiled=True)):
+        ps = _params(shapes, dtype=torch.float64)
+        opt = adamlab.CoupledAdam(ps, lr=0.05, weight_decay=0.1, coupled_scale=0.5, **path)
+        g = torch.Generator().manual_seed(5)
+        for step in range(6):
+            for p in ps:
+                grad = torch.randn(p.shape[::-1], generator=g, dtype=p.dtype)
+                p.grad = grad.permute(*reversed(range(p.dim()))) if step == 3 else grad.reshape(p.shape)
+            opt.step()
+        out[opt.implementation] = ps
+        if path.get("compiled"):
+            (runner,) = _runners(opt)
+            assert runner.flatten is False and all(runner.graphs)
+            assert len({id(g[0]) for g in runner.graphs}) == 2  # the 2-D and the 3-D graph
+    for a, b in zip(out["loop"], out["compiled"]):
+        assert torch.allclose(a, b, rtol=1e-12, atol=0)

@@ -274,11 +274,13 @@ class AdamlabOptimizer(Optimizer):
                 eager = sorted(set(range(len(ps))) - set(fast))
             if fast:
                 try:
-                    if sub is None and len(fast) == len(ps):
-                        self._run_compiled(ps, gs, sts, s, c, keys, part.dtype, part.device, part, part.group)
+                    if len(fast) == len(ps):
+                        fps, fgs, fsts = ps, gs, sts
                     else:
-                        self._run_compiled([ps[i] for i in fast], [gs[i] for i in fast], [sts[i] for i in fast],
-                                           s, c, keys, part.dtype, part.device, None, part.group)
+                        fps, fgs, fsts = [ps[i] for i in fast], [gs[i] for i in fast], [sts[i] for i in fast]
+                    # the part's own tensors (``part.fast`` of them, the same every step): its runner is reused
+                    self._run_compiled(fps, fgs, fsts, s, c, keys, part.dtype, part.device,
+                                       part if sub is None else None, part.group)
                 except Exception as err:
                     if not _compiled.is_compiler_failure(err):
                         raise
