@@ -199,3 +199,34 @@ def test_shaped_chunks_find_their_own_graph_among_several():
             assert len({id(g[0]) for g in runner.graphs}) == 2  # the 2-D and the 3-D graph
     for a, b in zip(out["loop"], out["compiled"]):
         assert torch.allclose(a, b, rtol=1e-12, atol=0)
+
+
+def test_a_training_step_under_torch_compile_keeps_the_compiled_path():
+    """Under the user's own torch.compile the step breaks the graph at the compiled chunks and runs them (dynamo
+    cannot trace them into its graph: it used to fall back to the multi-tensor path with a warning)."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
+    ref = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
+    ref.load_state_dict(model.state_dict())
+    opt = adamlab.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, compiled=True)
+    ref_opt = adamlab.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    x = torch.randn(32, 16, dtype=torch.float64)
+
+    @torch.compile
+    def train_step():
+        model(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for _ in range(3):
+            train_step()
+            ref(x).pow(2).mean().backward()
+            ref_opt.step()
+            ref_opt.zero_grad()
+    assert opt.implementation == "compiled"
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)

@@ -314,6 +314,9 @@ class AdamlabOptimizer(Optimizer):
                 part.fusion_pays = True
         return part.fusion_pays
 
+    # a training step under the user's own torch.compile breaks its graph here and runs the chunks' own compiled
+    # graphs, instead of tracing them into its graph (dynamo cannot: it fell back to the multi-tensor path)
+    @torch.compiler.disable(recursive=True)
     def _run_compiled(self, ps, gs, sts, s, c, keys, dtype, device, part: "_Part | None" = None,
                       group: dict | None = None) -> None:
         """The compiled step of ``ps`` (all compilable); ``part`` caches the flattened tensors across steps."""
