@@ -230,3 +230,22 @@ def test_a_training_step_under_torch_compile_keeps_the_compiled_path():
     assert opt.implementation == "compiled"
     for a, b in zip(model.parameters(), ref.parameters()):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_changing_a_compile_time_setting_mid_run_finds_the_new_graph():
+    """Settings compiled in as constants (here AdamW's maximize) select another graph; the chunks find it, and the
+    run matches the loop (float64)."""
+    out = {}
+    for path in (dict(foreach=False), dict(compiled=True)):
+        ps = _params(SHAPES, dtype=torch.float64)
+        opt = adamlab.AdamW(ps, lr=0.01, weight_decay=0.1, **path)
+        _steps(opt, ps, 2)
+        opt.param_groups[0]["maximize"] = True
+        _steps(opt, ps, 2, seed=2)
+        opt.param_groups[0]["maximize"] = False
+        _steps(opt, ps, 2, seed=3)
+        out[opt.implementation] = ps
+    (runner,) = _runners(opt)
+    assert runner.key[1]["maximize"] is False and all(runner.graphs)
+    for a, b in zip(out["loop"], out["compiled"]):
+        assert torch.allclose(a, b, rtol=1e-12, atol=0)

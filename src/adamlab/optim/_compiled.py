@@ -235,12 +235,12 @@ class ChunkRunner:
         self.fst = {k: [flat(st[k], p, fl) for st, p in zip(sts, ps)] for k in keys}
         self.cdtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
         self.device = device
-        self.key: tuple | None = None
         self.chunks = []  # (first, end, params, states, padding, chunk size, serial)
-        self.graphs: list[tuple[Callable, Callable] | bool | None] = []  # per chunk: its graph, False, None: not yet
         for serial, lo, hi in ((True, 0, len(small)), (False, len(small), n)):
             if hi > lo:
                 self._add_part(opt, group, keys, dtype, device, serial, lo, hi)
+        self.key: tuple | None = None  # the configuration the chunks' graphs were found for
+        self.graphs: list[tuple[Callable, Callable] | bool | None] = []  # per chunk: its graph, False, None: not yet
 
     def _add_part(self, opt, group, keys, dtype, device, serial: bool, lo: int, hi: int) -> None:
         size = CHUNK if hi - lo <= CHUNK else BIG_CHUNK
@@ -275,8 +275,8 @@ class ChunkRunner:
             fg = [g.view(-1).detach() if g.is_contiguous() else g.reshape(-1) for g in gs]
         else:
             fg = [g.detach() for g in gs]
-        if len(self.graphs) != len(self.chunks) or self.key != (cls, c, mode, names):
-            self.graphs = [None] * len(self.chunks)  # another configuration: find each chunk's graph again
+        if self.key != (cls, c, mode, names):  # the first step, or new constants: find each chunk's graph (again)
+            self.graphs = [None] * len(self.chunks)
             self.key = (cls, dict(c), mode, names)
         tracing = torch.compiler.is_compiling()  # this step is being traced by dynamo: no bookkeeping
         direct = DIRECT and not tracing
