@@ -220,6 +220,10 @@ class AdamlabOptimizer(Optimizer):
         plan = plans[id(group)] = _Plan(self, group, params)
         return plan
 
+    # under the user's own torch.compile a step breaks the graph here and runs as it does outside: dynamo does not
+    # keep the per-group plans across its traces (every step would rebuild them), and it cannot trace the chunks'
+    # own compiled graphs (the compiled path fell back to the multi-tensor one)
+    @torch.compiler.disable(recursive=True)
     def _step_group(self, group: dict) -> None:
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
@@ -314,9 +318,6 @@ class AdamlabOptimizer(Optimizer):
                 part.fusion_pays = True
         return part.fusion_pays
 
-    # a training step under the user's own torch.compile breaks its graph here and runs the chunks' own compiled
-    # graphs, instead of tracing them into its graph (dynamo cannot: it fell back to the multi-tensor path)
-    @torch.compiler.disable(recursive=True)
     def _run_compiled(self, ps, gs, sts, s, c, keys, dtype, device, part: "_Part | None" = None,
                       group: dict | None = None) -> None:
         """The compiled step of ``ps`` (all compilable); ``part`` caches the flattened tensors across steps."""
