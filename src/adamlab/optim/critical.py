@@ -69,6 +69,44 @@ def _offer(buf: Tensor, prio: Tensor, count: Tensor, value: Tensor, priority: Te
     count.add_((~full).to(count.dtype))
 
 
+def _offer_momentum(buf: Tensor, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, first, priority: Tensor) -> None:
+    """AdamCM's offer: the momentum, or on the first call (when it is still 0) the gradient."""
+    if torch.compiler.is_compiling():
+        _offer_op(buf, prio, count, m, g, first, priority)
+    else:
+        _offer(buf, prio, count, _ops.T.axpy(m, g, first), priority)
+
+
+def _offer_gradient(buf: Tensor, prio: Tensor, count: Tensor, g: Tensor, priority: Tensor) -> None:
+    """AdamCG's offer: the raw gradient."""
+    if torch.compiler.is_compiling():
+        _offer_op(buf, prio, count, g, g, None, priority)
+    else:
+        _offer(buf, prio, count, g, priority)
+
+
+@torch.library.custom_op("adamlab::critical_offer", mutates_args=("buf", "prio", "count"))
+def _offer_op(buf: Tensor, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, first: Tensor | None,
+              priority: Tensor) -> None:
+    """:func:`_offer` as one opaque operation of the compiled step, with the value picked, not computed (``g`` where
+    ``first`` is 1, else ``m``): compiled, the offered row was written to a temporary of the parameter's size and
+    read back by a separate scatter into ``buffer[slot]``; here one copy moves it (on a CPU, reading the two
+    0-d decisions costs no sync)."""
+    if buf.device.type != "cpu":
+        value = m if first is None else torch.where(first > 0, g, m)
+        _offer(buf, prio, count, value, priority)
+        return
+    full = bool(count >= buf.shape[0])
+    slot = int(torch.argmin(prio)) if full else int(count)
+    new = priority.to(dtype=prio.dtype)
+    if full and not bool(new > prio[slot]):
+        return  # discarded: buffer and priorities unchanged, the count stays (the buffer is full)
+    buf[slot].copy_(g if first is not None and bool(first > 0) else m)
+    prio[slot] = new
+    if not full:
+        count.add_(1)
+
+
 def synced_priority(grads: list[Tensor]) -> Tensor:
     """One priority for a whole param group: Σ over its tensors of ‖g‖₂ (the reference's ``synced=True``)."""
     norms = _ops.F.norm(list(grads))
@@ -224,7 +262,7 @@ class AdamCM(_CriticalBase):
         # the offer comes last: nothing after it reads the buffer, so a compiled step updates one slot in place
         # instead of cloning the whole buffer to keep the old one for a later reader
         priority = s["priority"] if c["synced"] else o.norm(g)
-        o.per(_offer, buf, prio, count, o.axpy(m, g, s["first"]), priority)
+        o.per(_offer_momentum, buf, prio, count, m, g, s["first"], priority)
         o.mul_(prio, s["priority_decay"])
 
 
@@ -296,5 +334,5 @@ class AdamCG(_CriticalBase):
         v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g_aggr, g_aggr, s["one_minus_beta2"])
         o.addcdiv_(p, m, adam_denominator(o, v, s), s["neg_step_size"])
         priority = s["priority"] if c["synced"] else o.norm(g)
-        o.per(_offer, buf, prio, count, g, priority)  # last, as in AdamCM; the raw gradient goes in
+        o.per(_offer_gradient, buf, prio, count, g, priority)  # last, as in AdamCM; the raw gradient goes in
         o.mul_(prio, s["priority_decay"])
