@@ -50,8 +50,8 @@ def _no_grad(i, t):
     return i == 2 and (t < 2 or t % 3 == 1)
 
 
-def _trajectory(make, steps=36, none_grad=True, lr_change=True, record=None):
-    ps = make_params(0, shapes=SHAPES)
+def _trajectory(make, steps=36, none_grad=True, lr_change=True, record=None, shapes=SHAPES):
+    ps = make_params(0, shapes=shapes)
     opt = make([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}])
     for t in range(steps):
         for i, p in enumerate(ps):
@@ -149,6 +149,55 @@ def test_paths_agree(cls, kw):
     assert max_rel(co, ref) < 1e-12
     # no silent fallback: the compiled path ran wherever this machine can compile
     assert opt.implementation == ("compiled" if adamlab.optim.compiler_available() else "foreach")
+
+
+@pytest.mark.skipif(not adamlab.optim.compiler_available(), reason="torch.compile is unavailable here")
+@pytest.mark.parametrize("cls,kw", PATH_CASES[:2], ids=["CM", "CG-mid"])
+def test_compiled_offer_into_big_tensors_matches_the_loop_slot_by_slot(cls, kw):
+    """On a CPU, tensors of at least SMALL_NUMEL elements offer through an opaque op (a copy of the offered tensor,
+    the decision in Python); after every step their buffers, priorities and counts equal the loop's, and both
+    replacement and discard of a full buffer happen on the way. Two threads: the parallel graph's own offer (before
+    the op) got the priorities wrong now and then with more than one thread."""
+    from adamlab.optim._compiled import SMALL_NUMEL
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check_big_offer(cls, kw, SMALL_NUMEL)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_big_offer(cls, kw, SMALL_NUMEL):
+
+    shapes = ((5, 3), (SMALL_NUMEL + 7,), (1,), (2, 2, 3), (SMALL_NUMEL // 128, 129))
+    runs = {}
+    for path in (dict(foreach=False), dict(compiled=True)):
+        states = []
+
+        def record(t, ps, opt):
+            states.append([{k: v.clone() for k, v in opt.state[p].items()} for p in ps])
+
+        runs[tuple(path)] = (_trajectory(lambda g: cls(g, lr=0.05, **path, **kw), steps=24, record=record,
+                                         shapes=shapes), states)
+    (loop, loop_states), ((co, opt), co_states) = runs[("foreach",)], runs[("compiled",)]
+    def normwise(a, b):  # round-off over 24 steps, relative to the tensor (66k elements: some near 0)
+        return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300)) if b.numel() else 0.0
+
+    assert opt.implementation == "compiled"
+    assert normwise(co, loop[0]) < 1e-12
+    events = {"replace": 0, "discard": 0}
+    for t, (a_rows, b_rows) in enumerate(zip(co_states, loop_states)):
+        for i, (a, b) in enumerate(zip(a_rows, b_rows)):
+            assert a.keys() == b.keys()
+            if "count" in a:
+                assert int(a["count"]) == int(b["count"]), (t, i)
+            for k in a:
+                assert normwise(a[k].double(), b[k].double()) < 1e-12, (t, i, k)
+            if t > 0 and shapes[i][0] >= SMALL_NUMEL // 128 and int(co_states[t - 1][i]["count"]) == kw["buffer_size"]:
+                changed = bool((co_states[t - 1][i]["buffer"] != a["buffer"]).any())
+                events["replace" if changed else "discard"] += 1
+    assert events["replace"] > 0 and events["discard"] > 0, events
 
 
 def test_maximize_is_minimizing_the_negated_gradient():

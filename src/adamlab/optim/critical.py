@@ -69,9 +69,22 @@ def _offer(buf: Tensor, prio: Tensor, count: Tensor, value: Tensor, priority: Te
     count.add_((~full).to(count.dtype))
 
 
+def _opaque_offer(buf: Tensor) -> bool:
+    """Whether a compiled step offers through :func:`_offer_op`: every tensor of a parallel graph (on a CPU, those
+    of at least SMALL_NUMEL elements: the guard this adds is the one that splits small from big tensors there).
+
+    Traced into a graph with parallel loops, the offer's few scalar decisions (argmin, accept, the count) are not
+    safe: with two threads on a CPU the priorities came out wrong now and then (tests/test_critical.py). The
+    one-thread graph of small CPU tensors keeps it inside. The op is also faster: compiled, the offered row was
+    written to a temporary of the parameter's size and read back by a separate scatter into ``buffer[slot]``."""
+    from ._compiled import SMALL_NUMEL
+
+    return torch.compiler.is_compiling() and (buf.device.type != "cpu" or buf[0].numel() >= SMALL_NUMEL)
+
+
 def _offer_momentum(buf: Tensor, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, first, priority: Tensor) -> None:
     """AdamCM's offer: the momentum, or on the first call (when it is still 0) the gradient."""
-    if torch.compiler.is_compiling():
+    if _opaque_offer(buf):
         _offer_op(buf, prio, count, m, g, first, priority)
     else:
         _offer(buf, prio, count, _ops.T.axpy(m, g, first), priority)
@@ -79,7 +92,7 @@ def _offer_momentum(buf: Tensor, prio: Tensor, count: Tensor, m: Tensor, g: Tens
 
 def _offer_gradient(buf: Tensor, prio: Tensor, count: Tensor, g: Tensor, priority: Tensor) -> None:
     """AdamCG's offer: the raw gradient."""
-    if torch.compiler.is_compiling():
+    if _opaque_offer(buf):
         _offer_op(buf, prio, count, g, g, None, priority)
     else:
         _offer(buf, prio, count, g, priority)
@@ -88,21 +101,25 @@ def _offer_gradient(buf: Tensor, prio: Tensor, count: Tensor, g: Tensor, priorit
 @torch.library.custom_op("adamlab::critical_offer", mutates_args=("buf", "prio", "count"))
 def _offer_op(buf: Tensor, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, first: Tensor | None,
               priority: Tensor) -> None:
-    """:func:`_offer` as one opaque operation of the compiled step, with the value picked, not computed (``g`` where
-    ``first`` is 1, else ``m``): compiled, the offered row was written to a temporary of the parameter's size and
-    read back by a separate scatter into ``buffer[slot]``; here one copy moves it (on a CPU, reading the two
-    0-d decisions costs no sync)."""
+    """:func:`_offer` on a CPU, with plain Python for the decision (the buffer's priorities are a handful of numbers)
+    and the value picked, not computed: ``g`` where ``first`` is 1, else ``m``. On an accelerator: :func:`_offer`,
+    eagerly (no host sync)."""
     if buf.device.type != "cpu":
-        value = m if first is None else torch.where(first > 0, g, m)
-        _offer(buf, prio, count, value, priority)
+        _offer(buf, prio, count, m if first is None else torch.where(first > 0, g, m), priority)
         return
-    full = bool(count >= buf.shape[0])
-    slot = int(torch.argmin(prio)) if full else int(count)
-    new = priority.to(dtype=prio.dtype)
-    if full and not bool(new > prio[slot]):
-        return  # discarded: buffer and priorities unchanged, the count stays (the buffer is full)
-    buf[slot].copy_(g if first is not None and bool(first > 0) else m)
-    prio[slot] = new
+    filled = int(count)
+    pr = prio.tolist()
+    full = filled >= len(pr)
+    if full:  # torch.argmin: the first NaN, else the first minimum
+        slot = next((i for i, x in enumerate(pr) if x != x), None)
+        slot = pr.index(min(pr)) if slot is None else slot
+    else:
+        slot = filled
+    new = float(priority.to(dtype=prio.dtype))
+    if full and not new > pr[slot]:
+        return  # discarded: the buffer, its priorities and its count stay
+    buf.select(0, slot).copy_(g if first is not None and float(first) > 0 else m)
+    prio.select(0, slot).fill_(new)
     if not full:
         count.add_(1)
 
