@@ -2,6 +2,7 @@
 the three paths, the Adam ⊆ AdamCM/AdamCG rows, the defining behaviour, state memory, validation, exact resume."""
 
 import io
+import math
 
 import pytest
 import torch
@@ -160,32 +161,29 @@ def test_compiled_offer_into_big_tensors_matches_the_loop_slot_by_slot(cls, kw):
     the op) got the priorities wrong now and then with more than one thread."""
     from adamlab.optim._compiled import SMALL_NUMEL
 
+    shapes = ((5, 3), (SMALL_NUMEL + 7,), (1,), (2, 2, 3), (SMALL_NUMEL // 128, 129))
+    big = [math.prod(s) >= SMALL_NUMEL for s in shapes]
+    runs = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        _check_big_offer(cls, kw, SMALL_NUMEL)
+        for path in (dict(foreach=False), dict(compiled=True)):
+            states = []
+
+            def record(t, ps, opt):
+                states.append([{k: v.clone() for k, v in opt.state[p].items()} for p in ps])
+
+            out = _trajectory(lambda g: cls(g, lr=0.05, **path, **kw), steps=24, record=record, shapes=shapes)
+            runs[tuple(path)] = (out, states)
     finally:
         torch.set_num_threads(threads)
+    ((loop, _), loop_states), ((co, opt), co_states) = runs[("foreach",)], runs[("compiled",)]
 
-
-def _check_big_offer(cls, kw, SMALL_NUMEL):
-
-    shapes = ((5, 3), (SMALL_NUMEL + 7,), (1,), (2, 2, 3), (SMALL_NUMEL // 128, 129))
-    runs = {}
-    for path in (dict(foreach=False), dict(compiled=True)):
-        states = []
-
-        def record(t, ps, opt):
-            states.append([{k: v.clone() for k, v in opt.state[p].items()} for p in ps])
-
-        runs[tuple(path)] = (_trajectory(lambda g: cls(g, lr=0.05, **path, **kw), steps=24, record=record,
-                                         shapes=shapes), states)
-    (loop, loop_states), ((co, opt), co_states) = runs[("foreach",)], runs[("compiled",)]
     def normwise(a, b):  # round-off over 24 steps, relative to the tensor (66k elements: some near 0)
         return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300)) if b.numel() else 0.0
 
     assert opt.implementation == "compiled"
-    assert normwise(co, loop[0]) < 1e-12
+    assert normwise(co, loop) < 1e-12
     events = {"replace": 0, "discard": 0}
     for t, (a_rows, b_rows) in enumerate(zip(co_states, loop_states)):
         for i, (a, b) in enumerate(zip(a_rows, b_rows)):
@@ -194,7 +192,7 @@ def _check_big_offer(cls, kw, SMALL_NUMEL):
                 assert int(a["count"]) == int(b["count"]), (t, i)
             for k in a:
                 assert normwise(a[k].double(), b[k].double()) < 1e-12, (t, i, k)
-            if t > 0 and shapes[i][0] >= SMALL_NUMEL // 128 and int(co_states[t - 1][i]["count"]) == kw["buffer_size"]:
+            if t > 0 and big[i] and int(co_states[t - 1][i]["count"]) == kw["buffer_size"]:
                 changed = bool((co_states[t - 1][i]["buffer"] != a["buffer"]).any())
                 events["replace" if changed else "discard"] += 1
     assert events["replace"] > 0 and events["discard"] > 0, events

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from . import _ops
 from ._base import AdamlabOptimizer, check_bool, check_common, check_range
+from ._compiled import SMALL_NUMEL
 from .adam import Adam, adam_bias_scalars, adam_denominator
 
 __all__ = ["AdamCM", "AdamCG"]
@@ -77,8 +78,6 @@ def _opaque_offer(buf: Tensor) -> bool:
     safe: with two threads on a CPU the priorities came out wrong now and then (tests/test_critical.py). The
     one-thread graph of small CPU tensors keeps it inside. The op is also faster: compiled, the offered row was
     written to a temporary of the parameter's size and read back by a separate scatter into ``buffer[slot]``."""
-    from ._compiled import SMALL_NUMEL
-
     return torch.compiler.is_compiling() and (buf.device.type != "cpu" or buf[0].numel() >= SMALL_NUMEL)
 
 
