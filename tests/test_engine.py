@@ -237,3 +237,20 @@ def test_default_path_compiles_only_big_buckets(monkeypatch):
         ps[0].grad = torch.ones_like(ps[0])
         opt.step()
     assert calls == ([base._AUTO_COMPILE_NUMEL] if base.compiler_available() else [])
+
+
+def test_norms_big_cpu_tensors_by_dot_small_by_foreach():
+    """The priority norms (AdamCM/AdamCG): a dot for big float32/float64 CPU tensors, torch's multi-tensor norm for
+    the rest, each within round-off of the float64 norm; low-precision tensors are normed in float32."""
+    from adamlab.optim import _ops
+
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(n, generator=gen) * 3 + 1 for n in (_ops._DOT_NUMEL - 1, _ops._DOT_NUMEL, 300_000, 5)]
+    xs.append(torch.randn(64, _ops._DOT_NUMEL // 32, generator=gen, dtype=torch.float64).t())  # not contiguous
+    xs.append(torch.randn(_ops._DOT_NUMEL, generator=gen).bfloat16())
+    ref = [float(x.double().norm()) for x in xs]
+    for norms in (_ops.F.norm(xs), [_ops.T.norm(x) for x in xs]):
+        assert [n.dtype for n in norms] == [torch.float32] * 4 + [torch.float64, torch.float32]
+        assert all(n.dim() == 0 for n in norms)
+        rel = [abs(float(n) / r - 1) for n, r in zip(norms, ref)]
+        assert max(rel[:4] + rel[5:]) < 1e-5 and rel[4] < 1e-14, rel
