@@ -155,10 +155,10 @@ def test_paths_agree(cls, kw):
 @pytest.mark.skipif(not adamlab.optim.compiler_available(), reason="torch.compile is unavailable here")
 @pytest.mark.parametrize("cls,kw", PATH_CASES[:2], ids=["CM", "CG-mid"])
 def test_compiled_offer_into_big_tensors_matches_the_loop_slot_by_slot(cls, kw):
-    """On a CPU, tensors of at least SMALL_NUMEL elements offer through an opaque op (a copy of the offered tensor,
-    the decision in Python); after every step their buffers, priorities and counts equal the loop's, and both
-    replacement and discard of a full buffer happen on the way. Two threads: the parallel graph's own offer (before
-    the op) got the priorities wrong now and then with more than one thread."""
+    """On a CPU the compiled step decides every offer before its graphs and the graphs write the offered tensors
+    into their slots; after every step the buffers, priorities and counts of small and big tensors (the one-thread
+    and the parallel graph) equal the loop's, and both replacement and discard of a full buffer happen on the way.
+    Two threads: a parallel graph that took the decisions itself got the priorities wrong now and then."""
     from adamlab.optim._compiled import SMALL_NUMEL
 
     shapes = ((5, 3), (SMALL_NUMEL + 7,), (1,), (2, 2, 3), (SMALL_NUMEL // 128, 129))
@@ -179,11 +179,8 @@ def test_compiled_offer_into_big_tensors_matches_the_loop_slot_by_slot(cls, kw):
         torch.set_num_threads(threads)
     ((loop, _), loop_states), ((co, opt), co_states) = runs[("foreach",)], runs[("compiled",)]
 
-    def normwise(a, b):  # round-off over 24 steps, relative to the tensor (66k elements: some near 0)
-        return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300)) if b.numel() else 0.0
-
     assert opt.implementation == "compiled"
-    assert normwise(co, loop) < 1e-12
+    assert _normwise(co, loop) < 1e-12
     events = {"replace": 0, "discard": 0}
     for t, (a_rows, b_rows) in enumerate(zip(co_states, loop_states)):
         for i, (a, b) in enumerate(zip(a_rows, b_rows)):
@@ -191,11 +188,68 @@ def test_compiled_offer_into_big_tensors_matches_the_loop_slot_by_slot(cls, kw):
             if "count" in a:
                 assert int(a["count"]) == int(b["count"]), (t, i)
             for k in a:
-                assert normwise(a[k].double(), b[k].double()) < 1e-12, (t, i, k)
+                assert _normwise(a[k].double(), b[k].double()) < 1e-12, (t, i, k)
             if t > 0 and big[i] and int(co_states[t - 1][i]["count"]) == kw["buffer_size"]:
                 changed = bool((co_states[t - 1][i]["buffer"] != a["buffer"]).any())
                 events["replace" if changed else "discard"] += 1
     assert events["replace"] > 0 and events["discard"] > 0, events
+
+
+def _normwise(a, b) -> float:
+    """The largest difference relative to the largest entry (round-off over many steps on big tensors, where some
+    entries come near 0)."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300)) if b.numel() else 0.0
+
+
+def _offer_op_calls(step) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    return sum(e.count for e in prof.key_averages() if e.key == "adamlab::critical_offer")
+
+
+@pytest.mark.skipif(not adamlab.optim.compiler_available(), reason="torch.compile is unavailable here")
+@pytest.mark.parametrize("cls", [adamlab.AdamCM, adamlab.AdamCG], ids=["CM", "CG"])
+def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, monkeypatch):
+    """A compiled CPU step calls no offer op: its graphs write the offers. With that switched off (as on an
+    accelerator) every compiled tensor offers through the opaque op. Both match the loop in float64 throughout,
+    two threads, both graphs; a buffer the user replaced (storage offset 0, where dynamo would specialise the rows'
+    order) and a state_dict loaded into a new optimizer are put back in place before the next step."""
+    from adamlab.optim import critical
+
+    shapes = SHAPES + ((40_000,),)  # and one tensor for the parallel graph
+    runs = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for name, path, rows in (("loop", dict(foreach=False), True), ("rows", dict(compiled=True), True),
+                                 ("op", dict(compiled=True), False)):
+            monkeypatch.setattr(critical, "ROWS", rows)
+            ps = make_params(0, shapes=shapes)
+            opt = cls(ps, lr=0.05, buffer_size=2, **path)
+            calls = []
+            for t in range(12):
+                for i, p in enumerate(ps):
+                    p.grad = fake_grad(p, t) * _scale(t, i)
+                calls.append(_offer_op_calls(opt.step))
+                if t == 5:
+                    for st in opt.state.values():
+                        st["buffer"] = st["buffer"].clone()  # at storage offset 0
+                if t == 8:
+                    fresh = cls(ps, lr=0.05, buffer_size=2, **path)
+                    fresh.load_state_dict(opt.state_dict())
+                    opt = fresh
+            assert all(st["buffer"].storage_offset() >= critical._BUF_OFFSET for st in opt.state.values())
+            runs[name] = (torch.cat([p.detach().flatten() for p in ps]), calls, opt)
+    finally:
+        torch.set_num_threads(threads)
+    loop, loop_calls, _ = runs["loop"]
+    assert loop_calls == [0] * 12
+    assert runs["rows"][1] == [0] * 12
+    assert min(runs["op"][1]) >= len(shapes) - 1  # (the 1-element tensor steps eagerly; padding offers too)
+    for name in ("rows", "op"):
+        out, _, opt = runs[name]
+        assert opt.implementation == "compiled"
+        assert _normwise(out, loop) < 1e-12, name
 
 
 def test_maximize_is_minimizing_the_negated_gradient():

@@ -132,6 +132,16 @@ class AdamlabOptimizer(Optimizer):
     def _rule(o, p, g, st, s, c) -> None:
         raise NotImplementedError
 
+    def _settle_state(self, st: dict[str, Any]) -> None:
+        """Put a parameter's state in the form the optimizer steps it in, before a plan is built on it (default:
+        nothing to do; AdamCM/AdamCG place their buffers where the compiled step can pass their rows)."""
+
+    def _compiled_hook(self, runner: "_compiled.ChunkRunner") -> Any:
+        """Per-step work of the compiled path before the chunks' graphs, for an optimizer that needs it (AdamCM's
+        buffer offers): an object with ``before(grads, scalars)``, called with the runner's flattened gradients, and
+        ``undo()``, called if the graphs then fail; None (the default) for none."""
+        return None
+
     def _flattens(self, c: dict[str, Any]) -> bool:
         """Whether the compiled path may flatten the tensors of a group with constants ``c`` (default: the class's
         ``_flatten_ok``); a rule that reduces over a dimension of some groups' tensors says so per group."""
@@ -217,6 +227,7 @@ class AdamlabOptimizer(Optimizer):
                 raise RuntimeError(f"{name} does not support complex parameters")
             if not self.state[p]:
                 self.state[p] = self._new_state(p, group)
+            self._settle_state(self.state[p])
         plan = plans[id(group)] = _Plan(self, group, params)
         return plan
 

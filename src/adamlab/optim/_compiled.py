@@ -241,6 +241,8 @@ class ChunkRunner:
                 self._add_part(opt, group, keys, dtype, device, serial, lo, hi)
         self.key: tuple | None = None  # the configuration the chunks' graphs were found for
         self.graphs: list[tuple[Callable, Callable] | bool | None] = []  # per chunk: its graph, False, None: not yet
+        #: the optimizer's per-step work before the chunks' graphs, or None (see ``AdamlabOptimizer._compiled_hook``)
+        self.hook = opt._compiled_hook(self)
 
     def _add_part(self, opt, group, keys, dtype, device, serial: bool, lo: int, hi: int) -> None:
         size = CHUNK if hi - lo <= CHUNK else BIG_CHUNK
@@ -248,6 +250,8 @@ class ChunkRunner:
         if pad:
             dummy = torch.zeros(_PAD_NUMEL, dtype=dtype, device=device)
             pst = [opt._new_state(dummy, group) for _ in range(pad)]
+            for st in pst:
+                opt._settle_state(st)
             pad_p = [torch.zeros(_PAD_NUMEL, dtype=dtype, device=device) for _ in range(pad)]
             pad_g = [torch.zeros(_PAD_NUMEL, dtype=dtype, device=device) for _ in range(pad)]
             pad_st = {k: [flat(st[k], dummy) for st in pst] for k in keys}
@@ -264,6 +268,12 @@ class ChunkRunner:
             self.chunks.append((a, b, self.fp[a:b] + pad_p[:m], {k: v[a:b] + pad_st[k][:m] for k, v in self.fst.items()},
                                 pad_g[:m], size, serial))
 
+    def positions(self) -> list[tuple[dict[str, list], int, int | None]]:
+        """Every position of every chunk: (the chunk's state lists, the position in them, the tensor's index in
+        this runner's order, or None for padding)."""
+        return [(cst, q, a + q if a + q < b else None) for a, b, cp, cst, _, _, _ in self.chunks
+                for q in range(len(cp))]
+
     def run(self, cls: type, c: dict, mode: str, gs: list[Tensor], s: dict[str, Any]) -> None:
         names = tuple(k for k, v in s.items() if not isinstance(v, Tensor))
         packed = torch.tensor([float(s[k]) for k in names], dtype=self.cdtype, device=self.device)
@@ -275,6 +285,17 @@ class ChunkRunner:
             fg = [g.view(-1).detach() if g.is_contiguous() else g.reshape(-1) for g in gs]
         else:
             fg = [g.detach() for g in gs]
+        if self.hook is not None:
+            self.hook.before(fg, s)
+        try:
+            self._call_chunks(cls, c, mode, names, fg, packed, extra)
+        except BaseException:
+            if self.hook is not None:
+                self.hook.undo()
+            raise
+
+    def _call_chunks(self, cls: type, c: dict, mode: str, names: tuple[str, ...], fg: list[Tensor],
+                     packed: Tensor, extra: dict[str, Tensor]) -> None:
         if self.key != (cls, c, mode, names):  # the first step, or new constants: find each chunk's graph (again)
             self.graphs = [None] * len(self.chunks)
             self.key = (cls, dict(c), mode, names)

@@ -55,7 +55,8 @@ class LowPrecision:
         comp = st.pop("kahan_comp", None)
         low = p.dtype in _LOW
         cd = torch.float32 if low else p.dtype
-        cast = [k for k, v in st.items() if v.is_floating_point() and v.dtype != cd]
+        # (a state entry that is not a tensor, like the compiled AdamCM's tuple of buffer rows, is the rule's own)
+        cast = [k for k, v in st.items() if isinstance(v, Tensor) and v.is_floating_point() and v.dtype != cd]
         if not low and not cast:
             rule(o, p, g, st, s, c)
             if comp is not None:

@@ -242,8 +242,11 @@ class _ForeachOps:
         """One multi-tensor norm for the small tensors, :func:`_norm` for the big CPU ones."""
         if any(t.dtype in _LOW for t in x):
             return [_norm(t) for t in x]
-        small = [i for i, t in enumerate(x) if not _dot_norm(t)]
-        out = [_norm(t) if _dot_norm(t) else None for t in x]
+        big = [_dot_norm(t) for t in x]
+        if not any(big):
+            return list(torch._foreach_norm(x))
+        small = [i for i, b in enumerate(big) if not b]
+        out = [_norm(t) if b else None for t, b in zip(x, big)]
         if small:
             for i, n in zip(small, torch._foreach_norm([x[i] for i in small])):
                 out[i] = n

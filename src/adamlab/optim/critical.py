@@ -8,18 +8,21 @@ The buffer of each parameter tensor lives in three plain state tensors, so ``sta
 * ``count``: how many slots are filled (int64, 0-d). Slots fill in order 0, 1, ...; once full, a new entry replaces
   the first slot of lowest priority when its priority is strictly higher, else it is discarded.
 
-All the buffer logic is branch-free tensor code (``argmin``, ``where``, ``index_copy_``), the same in the loop,
-multi-tensor and compiled paths.
+The loop and multi-tensor paths offer with branch-free tensor code (``argmin``, ``where``, ``index_copy_``).
+The compiled path on a CPU takes the same decisions before the step's graphs, for every tensor at once
+(:class:`_SlotOffers`), and the graph writes the offered tensor straight into its slot; elsewhere the graph offers
+through an opaque op.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from . import _ops
 from ._base import AdamlabOptimizer, check_bool, check_common, check_range
-from ._compiled import SMALL_NUMEL
 from .adam import Adam, adam_bias_scalars, adam_denominator
 
 __all__ = ["AdamCM", "AdamCG"]
@@ -29,26 +32,53 @@ _LOW = (torch.bfloat16, torch.float16)
 
 
 # ---------------------------------------------------------------------- the buffer, one tensor at a time
+#: where a buffer's first element sits in its storage. The compiled step on a CPU passes a buffer's rows to its
+#: graph as separate inputs, in an order that changes from step to step (:class:`_SlotOffers`); dynamo specialises
+#: an input's storage offset when it is 0 or 1, so a row at offset 0 would make the graph serve that order only
+_BUF_OFFSET = 2
+
+#: compiled CPU steps decide the offers before their graphs (False: every compiled step offers through the op)
+ROWS = True
+
+
+def _placed_zeros(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A zeroed contiguous tensor of ``like``'s dtype and device, at storage offset :data:`_BUF_OFFSET`."""
+    store = torch.zeros(_BUF_OFFSET + math.prod(shape), dtype=like.dtype, device=like.device)
+    return store[_BUF_OFFSET:].view(shape)
+
+
+def _placed(buf: Tensor) -> Tensor:
+    """``buf`` itself where it is contiguous at storage offset >= :data:`_BUF_OFFSET`, else a copy that is."""
+    if buf.is_contiguous() and buf.storage_offset() >= _BUF_OFFSET:
+        return buf
+    return _placed_zeros(tuple(buf.shape), buf).copy_(buf)
+
+
 def _buffer_state(p: Tensor, size: int) -> dict[str, Tensor]:
     prio_dtype = torch.float32 if p.dtype in _LOW else p.dtype
-    return {"buffer": p.new_zeros((size, *p.shape)),
+    return {"buffer": _placed_zeros((size, *p.shape), p),
             "priorities": torch.zeros(size, dtype=prio_dtype, device=p.device),
             "count": torch.zeros((), dtype=torch.int64, device=p.device)}
 
 
-def _slot_sum(buf: Tensor) -> Tensor:
+def _slot_sum(buf: Tensor | tuple) -> Tensor:
     """Σ of the stored tensors (the empty slots hold zeros, so the sum over all slots is the sum over the filled).
 
     Compiled, the sum is written out slot by slot: a chain of element-wise additions that the compiler fuses into
     the step's one pass over memory (a reduction over dim 0 becomes a loop of its own, with its result written to
-    and read back from a temporary). The compiled graph then holds ``buffer_size`` as a constant."""
-    if torch.compiler.is_compiling():
+    and read back from a temporary). The compiled graph then holds ``buffer_size`` as a constant. ``buf`` may be
+    the compiled CPU step's tuple ``(code, rows...)`` (:class:`_SlotOffers`): its rows come in another order than
+    the slots', which changes the sum by round-off only."""
+    if isinstance(buf, tuple):
+        rows = buf[1:]
+    elif torch.compiler.is_compiling():
         rows = buf.unbind(0)
-        acc = rows[0]
-        for row in rows[1:]:
-            acc = acc + row
-        return acc
-    return buf.sum(0)
+    else:
+        return buf.sum(0)
+    acc = rows[0].to(torch.promote_types(rows[0].dtype, torch.float32))
+    for row in rows[1:]:
+        acc = acc + row
+    return acc
 
 
 def _slot_mean(buf: Tensor, count: Tensor) -> Tensor:
@@ -70,39 +100,109 @@ def _offer(buf: Tensor, prio: Tensor, count: Tensor, value: Tensor, priority: Te
     count.add_((~full).to(count.dtype))
 
 
-def _opaque_offer(buf: Tensor) -> bool:
-    """Whether a compiled step offers through :func:`_offer_op`: every tensor of a parallel graph (on a CPU, those
-    of at least SMALL_NUMEL elements: the guard this adds is the one that splits small from big tensors there).
-
-    Traced into a graph with parallel loops, the offer's few scalar decisions (argmin, accept, the count) are not
-    safe: with two threads on a CPU the priorities came out wrong now and then (tests/test_critical.py). The
-    one-thread graph of small CPU tensors keeps it inside. The op is also faster: compiled, the offered row was
-    written to a temporary of the parameter's size and read back by a separate scatter into ``buffer[slot]``."""
-    return torch.compiler.is_compiling() and (buf.device.type != "cpu" or buf[0].numel() >= SMALL_NUMEL)
+def _offer_rows(buf: tuple, count: Tensor, value: Tensor) -> None:
+    """The compiled CPU step's offer, decided before the graph (:class:`_SlotOffers`): ``buf`` is ``(code, target
+    row, the other rows)``; code 0 discards ``value``, 1 replaces the target, 2 fills it (and counts it)."""
+    code, target = buf[0], buf[1]
+    target.copy_(torch.where(code > 0, value.to(target.dtype), target))
+    count.add_((code > 1).to(count.dtype))
 
 
-def _offer_momentum(buf: Tensor, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, first, priority: Tensor) -> None:
-    """AdamCM's offer: the momentum, or on the first call (when it is still 0) the gradient."""
-    if _opaque_offer(buf):
-        _offer_op(buf, prio, count, m, g, first, priority)
+def _offer_momentum(buf, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, first, priority: Tensor,
+                    p: Tensor) -> None:
+    """AdamCM's offer: the momentum, or on the first call (when it is still 0) the gradient.
+
+    Compiled, where the offer was not decided before the graph (on an accelerator: :class:`_SlotOffers` needs the
+    slots on the host), the graph offers through the opaque :func:`_offer_op`: traced into a graph
+    with parallel loops, the offer's few scalar decisions (argmin, accept, the count) were not safe (with two
+    threads on a CPU the priorities came out wrong now and then, tests/test_critical.py)."""
+    if isinstance(buf, tuple):
+        _offer_rows(buf, count, _ops.T.axpy(m, g, first))
+    elif torch.compiler.is_compiling():
+        _offer_op(buf, prio, count, m, g, first, priority, p)
     else:
         _offer(buf, prio, count, _ops.T.axpy(m, g, first), priority)
 
 
-def _offer_gradient(buf: Tensor, prio: Tensor, count: Tensor, g: Tensor, priority: Tensor) -> None:
-    """AdamCG's offer: the raw gradient."""
-    if _opaque_offer(buf):
-        _offer_op(buf, prio, count, g, g, None, priority)
+def _offer_gradient(buf, prio: Tensor, count: Tensor, g: Tensor, priority: Tensor, p: Tensor) -> None:
+    """AdamCG's offer: the raw gradient (compiled: as :func:`_offer_momentum`)."""
+    if isinstance(buf, tuple):
+        _offer_rows(buf, count, g)
+    elif torch.compiler.is_compiling():
+        _offer_op(buf, prio, count, g, g, None, priority, p)
     else:
         _offer(buf, prio, count, g, priority)
 
 
+class _SlotOffers:
+    """The buffer offers of a compiled step on a CPU, decided before the step's graphs, so that each graph writes
+    the offered tensor straight into its slot during its one pass over memory (a graph that decides itself has to
+    keep the offered tensor in a temporary of the parameter's size and copy it over afterwards).
+
+    The decision reads only the priorities, the fill count and this step's priority, all known before the step.
+    One multi-tensor pass takes it for every tensor of a runner, with :func:`_offer`'s rules (the first slot of
+    lowest priority by ``argmin``, replaced only by a strictly higher priority), and stores the accepted
+    priorities. Each tensor's buffer then enters its graph as the tuple ``(code, target row, the other rows in slot
+    order)``: the graph sums the rows for the mean, writes the offered tensor to the target row where the code
+    says so, and counts a filled slot (:func:`_offer_rows`). The graph still decays the priorities afterwards."""
+
+    def __init__(self, runner, size: int) -> None:
+        self.prios, self.counts = runner.fst["priorities"], runner.fst["count"]
+        self.size = size
+        n = len(self.prios)
+        self.codes = [torch.zeros((), dtype=torch.int64) for _ in range(n)]
+        self.where: list[tuple[dict, int]] = [None] * n  # type: ignore[list-item]
+        self.tuples: list[list[tuple]] = [None] * n  # type: ignore[list-item]  # per tensor, per target slot
+        for cst, q, i in runner.positions():
+            rows = [r.detach() for r in cst["buffer"][q].unbind(0)]
+            code = self.codes[i] if i is not None else torch.zeros((), dtype=torch.int64)
+            orders = [(code, rows[t], *(rows[:t] + rows[t + 1:])) for t in range(size)]
+            cst["buffer"][q] = orders[0]  # padding keeps code 0: never written
+            if i is not None:
+                self.where[i], self.tuples[i] = (cst, q), orders
+        self.saved: Tensor | None = None
+
+    @staticmethod
+    def fits(runner) -> bool:
+        """Whether a runner's buffers can go in as rows: on a CPU, at storage offsets dynamo does not specialise."""
+        if not ROWS or torch.device(runner.device).type != "cpu" or "buffer" not in runner.fst:
+            return False
+        return all(cst["buffer"][q].is_contiguous() and cst["buffer"][q].storage_offset() >= _BUF_OFFSET
+                   for cst, q, _ in runner.positions())
+
+    def before(self, grads: list[Tensor], s: dict) -> None:
+        priority = s.get("priority")  # synced: one for the group; else each tensor's own gradient norm
+        prio = self.saved = torch.stack(self.prios)
+        new = (torch.stack(_ops.F.norm(grads)) if priority is None else priority).to(prio.dtype).expand(len(grads))
+        count = torch.stack(self.counts)
+        full = count >= self.size
+        slot = torch.where(full, prio.argmin(1), count)
+        old = prio.gather(1, slot.unsqueeze(1)).squeeze(1)
+        accept = (new > old) | ~full
+        code = torch.where(accept, torch.where(full, 1, 2), 0)
+        stored = prio.scatter(1, slot.unsqueeze(1), torch.where(accept, new, old).unsqueeze(1))
+        torch._foreach_copy_(self.prios, list(stored.unbind(0)))
+        torch._foreach_copy_(self.codes, list(code.unbind(0)))
+        for (cst, q), orders, t in zip(self.where, self.tuples, slot.tolist()):
+            cst["buffer"][q] = orders[t]
+
+    def undo(self) -> None:
+        """The graphs failed: the priorities as they were (nothing else was written before them)."""
+        if self.saved is not None:
+            torch._foreach_copy_(self.prios, list(self.saved.unbind(0)))
+
+
 @torch.library.custom_op("adamlab::critical_offer", mutates_args=("buf", "prio", "count"))
 def _offer_op(buf: Tensor, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, first: Tensor | None,
-              priority: Tensor) -> None:
+              priority: Tensor, after: Tensor) -> None:
     """:func:`_offer` on a CPU, with plain Python for the decision (the buffer's priorities are a handful of numbers)
     and the value picked, not computed: ``g`` where ``first`` is 1, else ``m``. On an accelerator: :func:`_offer`,
-    eagerly (no host sync)."""
+    eagerly (no host sync).
+
+    ``after`` (the updated parameter) is not read: it orders the op after every read of the old buffer. Inductor
+    computes the buffer mean inside the kernel that updates the parameter and may schedule that kernel after an op
+    that only takes ``m``; the op, writing the buffer in place, then changed the mean the step had already used
+    (tests/test_critical.py runs this op on a CPU). The price is a temporary copy of the updated parameter."""
     if buf.device.type != "cpu":
         _offer(buf, prio, count, m if first is None else torch.where(first > 0, g, m), priority)
         return
@@ -127,7 +227,9 @@ def synced_priority(grads: list[Tensor]) -> Tensor:
     """One priority for a whole param group: Σ over its tensors of ‖g‖₂ (the reference's ``synced=True``)."""
     norms = _ops.F.norm(list(grads))
     device = norms[0].device
-    return torch.stack([n.to(device) for n in norms]).sum()
+    if any(n.device != device for n in norms):
+        norms = [n.to(device) for n in norms]
+    return torch.stack(norms).sum()
 
 
 def _aggregate_sum(g: Tensor, buf: Tensor, count: Tensor) -> Tensor:
@@ -162,6 +264,13 @@ class _CriticalBase(AdamlabOptimizer):
         check_range("priority_decay", group["priority_decay"], 0.0, 1.0)
         check_range("kappa", group["kappa"], 0.0)
         check_bool("synced", group["synced"])
+
+    def _settle_state(self, st):
+        if "buffer" in st:  # a state_dtype cast, load_state_dict or the user made a new tensor
+            st["buffer"] = _placed(st["buffer"])
+
+    def _compiled_hook(self, runner):
+        return _SlotOffers(runner, runner.fst["buffer"][0].shape[0]) if _SlotOffers.fits(runner) else None
 
     def _init_state(self, p, group):
         st = {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
@@ -278,7 +387,7 @@ class AdamCM(_CriticalBase):
         # the offer comes last: nothing after it reads the buffer, so a compiled step updates one slot in place
         # instead of cloning the whole buffer to keep the old one for a later reader
         priority = s["priority"] if c["synced"] else o.norm(g)
-        o.per(_offer_momentum, buf, prio, count, m, g, s["first"], priority)
+        o.per(_offer_momentum, buf, prio, count, m, g, s["first"], priority, p)
         o.mul_(prio, s["priority_decay"])
 
 
@@ -350,5 +459,5 @@ class AdamCG(_CriticalBase):
         v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g_aggr, g_aggr, s["one_minus_beta2"])
         o.addcdiv_(p, m, adam_denominator(o, v, s), s["neg_step_size"])
         priority = s["priority"] if c["synced"] else o.norm(g)
-        o.per(_offer_gradient, buf, prio, count, g, priority)  # last, as in AdamCM; the raw gradient goes in
+        o.per(_offer_gradient, buf, prio, count, g, priority, p)  # last, as in AdamCM; the raw gradient goes in
         o.mul_(prio, s["priority_decay"])
