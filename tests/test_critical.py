@@ -210,10 +210,10 @@ def _offer_op_calls(step) -> int:
 @pytest.mark.skipif(not adamlab.optim.compiler_available(), reason="torch.compile is unavailable here")
 @pytest.mark.parametrize("cls", [adamlab.AdamCM, adamlab.AdamCG], ids=["CM", "CG"])
 def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, monkeypatch):
-    """A compiled CPU step calls no offer op: its graphs write the offers. With that switched off (as on an
-    accelerator) every compiled tensor offers through the opaque op. Both match the loop in float64 throughout,
-    two threads, both graphs; a buffer the user replaced (storage offset 0, where dynamo would specialise the rows'
-    order) and a state_dict loaded into a new optimizer are put back in place before the next step."""
+    """A compiled CPU step calls no offer op: its graphs write the offers. With the decisions before the graph
+    switched off (as on an accelerator) the parallel graph's tensors offer through the opaque op. Both match the
+    loop in float64 throughout, two threads, both graphs; a buffer the user replaced (storage offset 0, where dynamo
+    would specialise the rows' order) and a state_dict loaded into a new optimizer are put back in place."""
     from adamlab.optim import critical
 
     shapes = SHAPES + ((40_000,),)  # and one tensor for the parallel graph
@@ -245,7 +245,7 @@ def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, monkeypa
     loop, loop_calls, _ = runs["loop"]
     assert loop_calls == [0] * 12
     assert runs["rows"][1] == [0] * 12
-    assert min(runs["op"][1]) >= len(shapes) - 1  # (the 1-element tensor steps eagerly; padding offers too)
+    assert min(runs["op"][1]) >= 1
     for name in ("rows", "op"):
         out, _, opt = runs[name]
         assert opt.implementation == "compiled"

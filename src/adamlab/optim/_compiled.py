@@ -268,10 +268,10 @@ class ChunkRunner:
             self.chunks.append((a, b, self.fp[a:b] + pad_p[:m], {k: v[a:b] + pad_st[k][:m] for k, v in self.fst.items()},
                                 pad_g[:m], size, serial))
 
-    def positions(self) -> list[tuple[dict[str, list], int, int | None]]:
+    def positions(self) -> list[tuple[dict[str, list], int, int | None, bool]]:
         """Every position of every chunk: (the chunk's state lists, the position in them, the tensor's index in
-        this runner's order, or None for padding)."""
-        return [(cst, q, a + q if a + q < b else None) for a, b, cp, cst, _, _, _ in self.chunks
+        this runner's order or None for padding, whether the chunk runs in the one-thread graph)."""
+        return [(cst, q, a + q if a + q < b else None, serial) for a, b, cp, cst, _, _, serial in self.chunks
                 for q in range(len(cp))]
 
     def run(self, cls: type, c: dict, mode: str, gs: list[Tensor], s: dict[str, Any]) -> None:

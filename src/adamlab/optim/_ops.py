@@ -39,7 +39,7 @@ _DOT_NUMEL = 1 << 15
 
 
 def _dot_norm(x: Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.numel() >= _DOT_NUMEL
+    return x.numel() >= _DOT_NUMEL and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
 
 
 def _norm(x: Tensor) -> Tensor:

@@ -8,10 +8,11 @@ The buffer of each parameter tensor lives in three plain state tensors, so ``sta
 * ``count``: how many slots are filled (int64, 0-d). Slots fill in order 0, 1, ...; once full, a new entry replaces
   the first slot of lowest priority when its priority is strictly higher, else it is discarded.
 
-The loop and multi-tensor paths offer with branch-free tensor code (``argmin``, ``where``, ``index_copy_``).
-The compiled path on a CPU takes the same decisions before the step's graphs, for every tensor at once
-(:class:`_SlotOffers`), and the graph writes the offered tensor straight into its slot; elsewhere the graph offers
-through an opaque op.
+The loop and multi-tensor paths offer with branch-free tensor code (``argmin``, ``where``, ``index_copy_``), and
+so does the compiled path's one-thread graph (small CPU tensors). For the tensors of a parallel graph, the compiled
+path on a CPU takes the same decisions before the step's graphs, for all of them at once (:class:`_SlotOffers`),
+and the graph writes the offered tensor straight into its slot; on an accelerator the graph offers through an
+opaque op.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from . import _ops
 from ._base import AdamlabOptimizer, check_bool, check_common, check_range
+from ._compiled import SMALL_NUMEL
 from .adam import Adam, adam_bias_scalars, adam_denominator
 
 __all__ = ["AdamCM", "AdamCG"]
@@ -100,6 +102,15 @@ def _offer(buf: Tensor, prio: Tensor, count: Tensor, value: Tensor, priority: Te
     count.add_((~full).to(count.dtype))
 
 
+def _opaque_offer(buf: Tensor) -> bool:
+    """Whether a compiled step offers through :func:`_offer_op`: the tensors of a parallel graph (on a CPU, those of
+    at least SMALL_NUMEL elements: the split the graphs already make) whose offer was not decided before it.
+
+    Traced into a graph with parallel loops, the offer's few scalar decisions (argmin, accept, the count) were not
+    safe: with two threads on a CPU the priorities came out wrong now and then (tests/test_critical.py)."""
+    return torch.compiler.is_compiling() and (buf.device.type != "cpu" or buf[0].numel() >= SMALL_NUMEL)
+
+
 def _offer_rows(buf: tuple, count: Tensor, value: Tensor) -> None:
     """The compiled CPU step's offer, decided before the graph (:class:`_SlotOffers`): ``buf`` is ``(code, target
     row, the other rows)``; code 0 discards ``value``, 1 replaces the target, 2 fills it (and counts it)."""
@@ -112,13 +123,12 @@ def _offer_momentum(buf, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, firs
                     p: Tensor) -> None:
     """AdamCM's offer: the momentum, or on the first call (when it is still 0) the gradient.
 
-    Compiled, where the offer was not decided before the graph (on an accelerator: :class:`_SlotOffers` needs the
-    slots on the host), the graph offers through the opaque :func:`_offer_op`: traced into a graph
-    with parallel loops, the offer's few scalar decisions (argmin, accept, the count) were not safe (with two
-    threads on a CPU the priorities came out wrong now and then, tests/test_critical.py)."""
+    Compiled, the tensors of a CPU's one-thread graph offer inside it, as the loop does. In a parallel graph the
+    offer was decided before the graph on a CPU (:class:`_SlotOffers`); on an accelerator (where that would need
+    the slots on the host) the graph offers through the opaque :func:`_offer_op` (:func:`_opaque_offer`)."""
     if isinstance(buf, tuple):
         _offer_rows(buf, count, _ops.T.axpy(m, g, first))
-    elif torch.compiler.is_compiling():
+    elif _opaque_offer(buf):
         _offer_op(buf, prio, count, m, g, first, priority, p)
     else:
         _offer(buf, prio, count, _ops.T.axpy(m, g, first), priority)
@@ -128,7 +138,7 @@ def _offer_gradient(buf, prio: Tensor, count: Tensor, g: Tensor, priority: Tenso
     """AdamCG's offer: the raw gradient (compiled: as :func:`_offer_momentum`)."""
     if isinstance(buf, tuple):
         _offer_rows(buf, count, g)
-    elif torch.compiler.is_compiling():
+    elif _opaque_offer(buf):
         _offer_op(buf, prio, count, g, g, None, priority, p)
     else:
         _offer(buf, prio, count, g, priority)
@@ -140,40 +150,51 @@ class _SlotOffers:
     keep the offered tensor in a temporary of the parameter's size and copy it over afterwards).
 
     The decision reads only the priorities, the fill count and this step's priority, all known before the step.
-    One multi-tensor pass takes it for every tensor of a runner, with :func:`_offer`'s rules (the first slot of
+    One multi-tensor pass takes it for every tensor of a runner's parallel graph (the tensors of the one-thread
+    graph, under SMALL_NUMEL elements, offer inside it: per tensor, that costs less than passing the rows), with
+    :func:`_offer`'s rules (the first slot of
     lowest priority by ``argmin``, replaced only by a strictly higher priority), and stores the accepted
     priorities. Each tensor's buffer then enters its graph as the tuple ``(code, target row, the other rows in slot
     order)``: the graph sums the rows for the mean, writes the offered tensor to the target row where the code
     says so, and counts a filled slot (:func:`_offer_rows`). The graph still decays the priorities afterwards."""
 
     def __init__(self, runner, size: int) -> None:
-        self.prios, self.counts = runner.fst["priorities"], runner.fst["count"]
         self.size = size
-        n = len(self.prios)
-        self.codes = [torch.zeros((), dtype=torch.int64) for _ in range(n)]
-        self.where: list[tuple[dict, int]] = [None] * n  # type: ignore[list-item]
-        self.tuples: list[list[tuple]] = [None] * n  # type: ignore[list-item]  # per tensor, per target slot
-        for cst, q, i in runner.positions():
+        self.idx: list[int] = []  # the tensors offered here, by their index in the runner's order
+        self.where: list[tuple[dict, int]] = []  # where each sits in its chunk's state lists
+        self.tuples: list[list[tuple]] = []  # per tensor, per target slot: what the graph gets as its buffer
+        self.codes: list[Tensor] = []
+        for cst, q, i, serial in runner.positions():
+            if serial:
+                continue
             rows = [r.detach() for r in cst["buffer"][q].unbind(0)]
-            code = self.codes[i] if i is not None else torch.zeros((), dtype=torch.int64)
+            code = torch.zeros((), dtype=torch.int64)
             orders = [(code, rows[t], *(rows[:t] + rows[t + 1:])) for t in range(size)]
             cst["buffer"][q] = orders[0]  # padding keeps code 0: never written
             if i is not None:
-                self.where[i], self.tuples[i] = (cst, q), orders
+                self.idx.append(i)
+                self.where.append((cst, q))
+                self.tuples.append(orders)
+                self.codes.append(code)
+        self.prios = [runner.fst["priorities"][i] for i in self.idx]
+        self.counts = [runner.fst["count"][i] for i in self.idx]
         self.saved: Tensor | None = None
 
     @staticmethod
     def fits(runner) -> bool:
-        """Whether a runner's buffers can go in as rows: on a CPU, at storage offsets dynamo does not specialise."""
+        """Whether a runner has tensors for a parallel graph on a CPU, with their buffers at storage offsets dynamo
+        does not specialise (the one-thread graph's tensors offer inside it, see :func:`_offer_momentum`)."""
         if not ROWS or torch.device(runner.device).type != "cpu" or "buffer" not in runner.fst:
             return False
-        return all(cst["buffer"][q].is_contiguous() and cst["buffer"][q].storage_offset() >= _BUF_OFFSET
-                   for cst, q, _ in runner.positions())
+        big = [cst["buffer"][q] for cst, q, _, serial in runner.positions() if not serial]
+        return bool(big) and all(b.is_contiguous() and b.storage_offset() >= _BUF_OFFSET for b in big)
 
     def before(self, grads: list[Tensor], s: dict) -> None:
         priority = s.get("priority")  # synced: one for the group; else each tensor's own gradient norm
         prio = self.saved = torch.stack(self.prios)
-        new = (torch.stack(_ops.F.norm(grads)) if priority is None else priority).to(prio.dtype).expand(len(grads))
+        n = len(self.idx)
+        new = (torch.stack(_ops.F.norm([grads[i] for i in self.idx])) if priority is None else priority)
+        new = new.to(prio.dtype).expand(n)
         count = torch.stack(self.counts)
         full = count >= self.size
         slot = torch.where(full, prio.argmin(1), count)
