@@ -274,3 +274,45 @@ def test_buffer_rows_in_any_order_take_one_graph(name, monkeypatch):
         targets.update(changed)
     assert _graphs() == before
     assert targets == {0, 1, 2}
+
+
+@pytest.mark.parametrize("name", ["adam", "adamcm"])
+def test_a_graph_that_fails_to_compile_mid_step_steps_the_rest_once(name, monkeypatch):
+    """When the parallel graph fails to compile after the one-thread graph has stepped the small tensors, the
+    optimizer warns, switches to the multi-tensor path, and steps only the tensors not yet stepped: the run matches
+    the loop (float64), with no tensor stepped twice (AdamCM: the big tensors' offers, decided before the graphs,
+    are taken again by the multi-tensor path)."""
+    from adamlab.optim import _compiled
+
+    real = _compiled.compiled_chunk
+
+    def failing(cls, c, mode, names, size=_compiled.CHUNK, serial=False):
+        fn = real(cls, c, mode, names, size, serial)
+        if serial:
+            return fn
+
+        def boom(**_):
+            raise torch._dynamo.exc.InternalTorchDynamoError("no compiler for the parallel graph")
+        return boom
+
+    shapes = [(3, 4), (_compiled.SMALL_NUMEL + 5,), (7,), (2, _compiled.SMALL_NUMEL // 2 + 1)]
+    out = {}
+    for path in ("loop", "compiled"):
+        ps = _params(shapes, dtype=torch.float64)
+        kw = dict(SETTINGS[name], foreach=False) if path == "loop" else dict(SETTINGS[name], compiled=True)
+        opt = adamlab.create_optimizer(name, ps, **kw)
+        with monkeypatch.context() as m:
+            m.setattr(_compiled, "compiled_chunk", failing)
+            if path == "compiled":
+                with pytest.warns(RuntimeWarning, match="falling back to the multi-tensor path"):
+                    _steps(opt, ps, 1)
+                assert opt.implementation == "foreach"
+            else:
+                _steps(opt, ps, 1)
+            _steps(opt, ps, 5, seed=2)
+        out[path] = [p.detach().clone() for p in ps] + [t.clone() for st in opt.state.values()
+                                                         for t in st.values() if torch.is_tensor(t)]
+    if name == "adam":  # the same number of steps everywhere
+        assert all(float(st["step"]) == 6 for st in opt.state.values())
+    for a, b in zip(out["loop"], out["compiled"]):
+        assert torch.allclose(a, b, rtol=1e-12, atol=0)

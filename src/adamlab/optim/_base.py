@@ -302,7 +302,9 @@ class AdamlabOptimizer(Optimizer):
                     warnings.warn(f"adamlab: compiled step failed ({type(err).__name__}); falling back to the "
                                   "multi-tensor path", RuntimeWarning, stacklevel=4)
                     self.implementation = "foreach"
-                    eager = list(range(len(ps)))
+                    # the tensors of the chunks before the failing one have had this step: the rest, once
+                    stepped = {fast[k] for k in getattr(err, "adamlab_stepped", ())}
+                    eager = [i for i in range(len(ps)) if i not in stepped]
             for i in eager:
                 lowp.apply(rule, _ops.T, ps[i], gs[i], {k: sts[i][k] for k in keys}, s, c)
         elif impl == "foreach" and not part.needs_cast:

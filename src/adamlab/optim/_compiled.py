@@ -287,15 +287,21 @@ class ChunkRunner:
             fg = [g.detach() for g in gs]
         if self.hook is not None:
             self.hook.before(fg, s)
-        try:
-            self._call_chunks(cls, c, mode, names, fg, packed, extra)
-        except BaseException:
+        done = self._call_chunks(cls, c, mode, names, fg, packed, extra)
+        if done is not None:  # a chunk failed: its tensors and the later chunks' were not stepped
+            err, end = done
             if self.hook is not None:
-                self.hook.undo()
-            raise
+                self.hook.undo(set(range(end)))
+            try:  # for the caller: step the rest, and only the rest
+                err.adamlab_stepped = sorted(self.order[:end])
+            except AttributeError:  # pragma: no cover - an exception type without a __dict__
+                pass
+            raise err
 
     def _call_chunks(self, cls: type, c: dict, mode: str, names: tuple[str, ...], fg: list[Tensor],
-                     packed: Tensor, extra: dict[str, Tensor]) -> None:
+                     packed: Tensor, extra: dict[str, Tensor]) -> tuple[Exception, int] | None:
+        """Step every chunk; on an exception, return it with the number of tensors (in this runner's order) that the
+        chunks before the failing one stepped."""
         if self.key != (cls, c, mode, names):  # the first step, or new constants: find each chunk's graph (again)
             self.graphs = [None] * len(self.chunks)
             self.key = (cls, dict(c), mode, names)
@@ -307,15 +313,19 @@ class ChunkRunner:
             local = {"ps": cp, "gs": fg[a:b] + pad_g if pad_g else fg[a:b], "sts": cst, "packed": packed,
                      "extra": extra}
             graph = self.graphs[j]
-            if direct and graph:
-                call, args = graph
-                call(*args(local))
-                continue
-            fn = compiled_chunk(cls, c, mode, names, size, serial)
-            with no_duck_shapes():
-                if tracing or graph is False:  # (a chunk without a graph of its own: no bookkeeping either)
-                    fn(**local)
+            try:
+                if direct and graph:
+                    call, args = graph
+                    call(*args(local))
                     continue
-                found = _GRAPHS[_key(cls, c, mode, names, size, serial)].call(fn, local)  # sees what it compiles
+                fn = compiled_chunk(cls, c, mode, names, size, serial)
+                with no_duck_shapes():
+                    if tracing or graph is False:  # (a chunk without a graph of its own: no bookkeeping either)
+                        fn(**local)
+                        continue
+                    found = _GRAPHS[_key(cls, c, mode, names, size, serial)].call(fn, local)  # sees what it compiles
+            except Exception as err:
+                return err, a
             if direct:
                 self.graphs[j] = found or False
+        return None

@@ -207,10 +207,14 @@ class _SlotOffers:
         for (cst, q), orders, t in zip(self.where, self.tuples, slot.tolist()):
             cst["buffer"][q] = orders[t]
 
-    def undo(self) -> None:
-        """The graphs failed: the priorities as they were (nothing else was written before them)."""
-        if self.saved is not None:
-            torch._foreach_copy_(self.prios, list(self.saved.unbind(0)))
+    def undo(self, stepped: set[int]) -> None:
+        """A graph failed: the priorities of the tensors it and the later graphs did not step, as they were (nothing
+        else of theirs was written). ``stepped``: the tensors that were, by their index in the runner's order."""
+        if self.saved is None:
+            return
+        back = [k for k, i in enumerate(self.idx) if i not in stepped]
+        if back:
+            torch._foreach_copy_([self.prios[k] for k in back], [self.saved[k] for k in back])
 
 
 @torch.library.custom_op("adamlab::critical_offer", mutates_args=("buf", "prio", "count"))
