@@ -150,13 +150,13 @@ class _SlotOffers:
     keep the offered tensor in a temporary of the parameter's size and copy it over afterwards).
 
     The decision reads only the priorities, the fill count and this step's priority, all known before the step.
-    One multi-tensor pass takes it for every tensor of a runner's parallel graph (the tensors of the one-thread
-    graph, under SMALL_NUMEL elements, offer inside it: per tensor, that costs less than passing the rows), with
-    :func:`_offer`'s rules (the first slot of
-    lowest priority by ``argmin``, replaced only by a strictly higher priority), and stores the accepted
-    priorities. Each tensor's buffer then enters its graph as the tuple ``(code, target row, the other rows in slot
-    order)``: the graph sums the rows for the mean, writes the offered tensor to the target row where the code
-    says so, and counts a filled slot (:func:`_offer_rows`). The graph still decays the priorities afterwards."""
+    One multi-tensor pass takes it for every tensor of a runner's parallel graph, with :func:`_offer`'s rules (the
+    first slot of lowest priority by ``argmin``, replaced only by a strictly higher priority), and stores the
+    accepted priorities. (The one-thread graph's tensors, under SMALL_NUMEL elements, offer inside it: for them
+    passing the rows costs more than it saves.) Each tensor's buffer then enters its graph as the tuple ``(code,
+    target row, the other rows in slot order)``: the graph sums the rows for the mean, writes the offered tensor
+    to the target row where the code says so, and counts a filled slot (:func:`_offer_rows`). The graph still
+    decays the priorities afterwards."""
 
     def __init__(self, runner, size: int) -> None:
         self.size = size
