@@ -262,7 +262,8 @@ def test_buffer_rows_in_any_order_take_one_graph(name, monkeypatch):
     from adamlab.optim import _compiled
 
     monkeypatch.setattr(_compiled, "DIRECT", False)
-    ps = _params(SHAPES)
+    big = _compiled.SMALL_NUMEL  # the rows go to the parallel graph's tensors
+    ps = _params([(big + 3,), (5, 3), (2, big // 2 + 5)])
     opt = adamlab.create_optimizer(name, ps, compiled=True, **SETTINGS[name])
     _steps(opt, ps, 1)
     before = _graphs()
@@ -276,8 +277,11 @@ def test_buffer_rows_in_any_order_take_one_graph(name, monkeypatch):
     assert targets == {0, 1, 2}
 
 
-@pytest.mark.parametrize("name", ["adam", "adamcm"])
-def test_a_graph_that_fails_to_compile_mid_step_steps_the_rest_once(name, monkeypatch):
+# (settings whose float64 graphs other tests compile too: tests/test_critical.py PATH_CASES, the small-tensor test)
+@pytest.mark.parametrize("name,kw", [("adam", dict(lr=0.01, weight_decay=0.1)),
+                                     ("adamcm", dict(lr=0.05, buffer_size=3, synced=False, weight_decay=0.1,
+                                                     maximize=True))], ids=["adam", "adamcm"])
+def test_a_graph_that_fails_to_compile_mid_step_steps_the_rest_once(name, kw, monkeypatch):
     """When the parallel graph fails to compile after the one-thread graph has stepped the small tensors, the
     optimizer warns, switches to the multi-tensor path, and steps only the tensors not yet stepped: the run matches
     the loop (float64), with no tensor stepped twice (AdamCM: the big tensors' offers, decided before the graphs,
@@ -299,8 +303,8 @@ def test_a_graph_that_fails_to_compile_mid_step_steps_the_rest_once(name, monkey
     out = {}
     for path in ("loop", "compiled"):
         ps = _params(shapes, dtype=torch.float64)
-        kw = dict(SETTINGS[name], foreach=False) if path == "loop" else dict(SETTINGS[name], compiled=True)
-        opt = adamlab.create_optimizer(name, ps, **kw)
+        impl = dict(foreach=False) if path == "loop" else dict(compiled=True)
+        opt = adamlab.create_optimizer(name, ps, **kw, **impl)
         with monkeypatch.context() as m:
             m.setattr(_compiled, "compiled_chunk", failing)
             if path == "compiled":

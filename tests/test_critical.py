@@ -208,8 +208,8 @@ def _offer_op_calls(step) -> int:
 
 
 @pytest.mark.skipif(not adamlab.optim.compiler_available(), reason="torch.compile is unavailable here")
-@pytest.mark.parametrize("cls", [adamlab.AdamCM, adamlab.AdamCG], ids=["CM", "CG"])
-def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, monkeypatch):
+@pytest.mark.parametrize("cls,kw", PATH_CASES[:2], ids=["CM", "CG-mid"])  # (the graphs of the test above)
+def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, kw, monkeypatch):
     """A compiled CPU step calls no offer op: its graphs write the offers. With the decisions before the graph
     switched off (as on an accelerator) the parallel graph's tensors offer through the opaque op. Both match the
     loop in float64 throughout, two threads, both graphs; a buffer the user replaced (storage offset 0, where dynamo
@@ -225,7 +225,7 @@ def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, monkeypa
                                  ("op", dict(compiled=True), False)):
             monkeypatch.setattr(critical, "ROWS", rows)
             ps = make_params(0, shapes=shapes)
-            opt = cls(ps, lr=0.05, buffer_size=2, **path)
+            opt = cls(ps, lr=0.05, **path, **kw)
             calls = []
             for t in range(12):
                 for i, p in enumerate(ps):
@@ -235,7 +235,7 @@ def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, monkeypa
                     for st in opt.state.values():
                         st["buffer"] = st["buffer"].clone()  # at storage offset 0
                 if t == 8:
-                    fresh = cls(ps, lr=0.05, buffer_size=2, **path)
+                    fresh = cls(ps, lr=0.05, **path, **kw)
                     fresh.load_state_dict(opt.state_dict())
                     opt = fresh
             assert all(st["buffer"].storage_offset() >= critical._BUF_OFFSET for st in opt.state.values())
