@@ -15,7 +15,8 @@ Three choices make it fast and keep it from recompiling:
   costs one small host-to-tensor copy, not one per scalar.
 
 What a step reuses (the flattened parameter and state tensors, chunk lists, padding) is built once per
-parameter group and bucket, in :class:`ChunkRunner`; a step only flattens the gradients.
+parameter group and bucket, in :class:`ChunkRunner`; a step only flattens the gradients (and runs the optimizer's
+per-step hook where it has one: AdamCM/AdamCG decide their buffer offers there, before the graphs).
 
 **Calling the compiled graph directly.** A call through ``torch.compile`` runs dynamo's guards and its generated
 calling code (one Python-level size lookup per symbolic size): about 90 us for a chunk of 32 tensors, against
