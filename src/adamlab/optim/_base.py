@@ -139,7 +139,8 @@ class AdamlabOptimizer(Optimizer):
     def _compiled_hook(self, runner: "_compiled.ChunkRunner") -> Any:
         """Per-step work of the compiled path before the chunks' graphs, for an optimizer that needs it (AdamCM's
         buffer offers): an object with ``before(grads, scalars)``, called with the runner's flattened gradients, and
-        ``undo()``, called if the graphs then fail; None (the default) for none."""
+        ``undo(stepped)``, called if a graph then fails, with the tensors (indices in the runner's order) that the
+        graphs before it stepped; None (the default) for none."""
         return None
 
     def _flattens(self, c: dict[str, Any]) -> bool:

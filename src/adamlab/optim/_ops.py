@@ -42,6 +42,15 @@ def _dot_norm(x: Tensor) -> bool:
     return x.numel() >= _DOT_NUMEL and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
 
 
+def _vector_norm(x: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(x, dtype=torch.float32 if x.dtype in _LOW else None)
+
+
+def _dot_sqrt(x: Tensor) -> Tensor:
+    flat = x.reshape(-1)
+    return torch.dot(flat, flat).sqrt()
+
+
 def _norm(x: Tensor) -> Tensor:
     """The 2-norm of ``x`` as a 0-d tensor, computed in at least float32.
 
@@ -49,10 +58,7 @@ def _norm(x: Tensor) -> Tensor:
     torch's ``vector_norm`` runs there on one thread (2 threads, 25M float32: 9.5 ms against 4.0 ms for the dot)
     and was the less accurate of the two in that measurement (relative error 1e-3 against 2e-5, float64 reference;
     benchmarks/README.md)."""
-    if _dot_norm(x):
-        flat = x.reshape(-1)
-        return torch.dot(flat, flat).sqrt()
-    return torch.linalg.vector_norm(x, dtype=torch.float32 if x.dtype in _LOW else None)
+    return _dot_sqrt(x) if _dot_norm(x) else _vector_norm(x)
 
 
 class _TensorOps:
@@ -246,7 +252,7 @@ class _ForeachOps:
         if not any(big):
             return list(torch._foreach_norm(x))
         small = [i for i, b in enumerate(big) if not b]
-        out = [_norm(t) if b else None for t, b in zip(x, big)]
+        out = [_dot_sqrt(t) if b else None for t, b in zip(x, big)]
         if small:
             for i, n in zip(small, torch._foreach_norm([x[i] for i in small])):
                 out[i] = n
@@ -368,7 +374,7 @@ class _CompiledOps(_TensorOps):
     @staticmethod
     def norm(x):
         """In a graph: the compiler's own reduction (a dot would leave the graph for a library call)."""
-        return torch.linalg.vector_norm(x, dtype=torch.float32 if x.dtype in _LOW else None)
+        return _vector_norm(x)
 
     @staticmethod
     def lerp_(x, y, w):
