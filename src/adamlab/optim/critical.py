@@ -119,29 +119,22 @@ def _offer_rows(buf: tuple, count: Tensor, value: Tensor) -> None:
     count.add_((code > 1).to(count.dtype))
 
 
-def _offer_momentum(buf, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, first, priority: Tensor,
-                    p: Tensor) -> None:
-    """AdamCM's offer: the momentum, or on the first call (when it is still 0) the gradient.
+def _offer_step(buf, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, first, priority: Tensor,
+                p: Tensor) -> None:
+    """A step's offer: AdamCM's momentum ``m`` (or, on the first call, when it is still 0, the gradient: ``m +
+    first * g``); AdamCG's raw gradient, passed as ``m`` with ``first=None``.
 
     Compiled, the tensors of a CPU's one-thread graph offer inside it, as the loop does. In a parallel graph the
     offer was decided before the graph on a CPU (:class:`_SlotOffers`); on an accelerator (where that would need
     the slots on the host) the graph offers through the opaque :func:`_offer_op` (:func:`_opaque_offer`)."""
-    if isinstance(buf, tuple):
-        _offer_rows(buf, count, _ops.T.axpy(m, g, first))
-    elif _opaque_offer(buf):
+    if isinstance(buf, tuple) or not _opaque_offer(buf):
+        value = m if first is None else _ops.T.axpy(m, g, first)
+        if isinstance(buf, tuple):
+            _offer_rows(buf, count, value)
+        else:
+            _offer(buf, prio, count, value, priority)
+    else:
         _offer_op(buf, prio, count, m, g, first, priority, p)
-    else:
-        _offer(buf, prio, count, _ops.T.axpy(m, g, first), priority)
-
-
-def _offer_gradient(buf, prio: Tensor, count: Tensor, g: Tensor, priority: Tensor, p: Tensor) -> None:
-    """AdamCG's offer: the raw gradient (compiled: as :func:`_offer_momentum`)."""
-    if isinstance(buf, tuple):
-        _offer_rows(buf, count, g)
-    elif _opaque_offer(buf):
-        _offer_op(buf, prio, count, g, g, None, priority, p)
-    else:
-        _offer(buf, prio, count, g, priority)
 
 
 class _SlotOffers:
@@ -183,7 +176,7 @@ class _SlotOffers:
     @staticmethod
     def fits(runner) -> bool:
         """Whether a runner has tensors for a parallel graph on a CPU, with their buffers at storage offsets dynamo
-        does not specialise (the one-thread graph's tensors offer inside it, see :func:`_offer_momentum`)."""
+        does not specialise (the one-thread graph's tensors offer inside it, see :func:`_offer_step`)."""
         if not ROWS or torch.device(runner.device).type != "cpu" or "buffer" not in runner.fst:
             return False
         big = [cst["buffer"][q] for cst, q, _, serial in runner.positions() if not serial]
@@ -412,7 +405,7 @@ class AdamCM(_CriticalBase):
         # the offer comes last: nothing after it reads the buffer, so a compiled step updates one slot in place
         # instead of cloning the whole buffer to keep the old one for a later reader
         priority = s["priority"] if c["synced"] else o.norm(g)
-        o.per(_offer_momentum, buf, prio, count, m, g, s["first"], priority, p)
+        o.per(_offer_step, buf, prio, count, m, g, s["first"], priority, p)
         o.mul_(prio, s["priority_decay"])
 
 
@@ -484,5 +477,5 @@ class AdamCG(_CriticalBase):
         v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g_aggr, g_aggr, s["one_minus_beta2"])
         o.addcdiv_(p, m, adam_denominator(o, v, s), s["neg_step_size"])
         priority = s["priority"] if c["synced"] else o.norm(g)
-        o.per(_offer_gradient, buf, prio, count, g, priority, p)  # last, as in AdamCM; the raw gradient goes in
+        o.per(_offer_step, buf, prio, count, g, g, None, priority, p)  # last, as in AdamCM; the raw gradient goes in
         o.mul_(prio, s["priority_decay"])
