@@ -19,6 +19,10 @@ compiled path (``compiled=True``: ``torch.compile`` of the per-tensor loop over 
 every per-step scalar passed in one tensor so that a scheduler changing the learning rate never recompiles; one
 graph per optimizer configuration, see :mod:`adamlab.optim._compiled`).
 
+A DTensor parameter (FSDP2, tensor parallelism) is stepped on its local shard, by every path: its state tensors are
+DTensors placed like it (see ``_state_layout``), the rule runs on their local tensors, and its reductions over a
+tensor's elements (``o.norm``, ``o.mean``) are taken over all shards (:mod:`adamlab.optim._dist`).
+
 What a step reuses is cached per param group in a :class:`_Plan` (the parameters with gradients, their state, their
 (device, dtype) parts, the flattened tensors of the compiled path), checked by identity every step and rebuilt
 when anything changed. Every parameter's ``step`` is a 0-d float32 tensor, as in ``torch.optim``; those of a group
@@ -37,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _compiled, _ops
+from . import _compiled, _dist, _ops
 from ._lowp import LowPrecision, resolve_state_dtype
 
 __all__ = ["AdamlabOptimizer", "compiler_available"]
@@ -74,8 +78,12 @@ _IMPL_DEFAULTS: dict[str, Any] = dict(foreach=None, compiled=None, state_dtype=N
 class AdamlabOptimizer(Optimizer):
     """Base class: param groups, state, validation and the three implementations of one update rule."""
 
-    #: group keys passed to the rule as compile-time constants (beyond what ``_constants`` derives)
     _flatten_ok: bool = True  # whether the rule is purely elementwise over the param's shape
+    #: how each state tensor is laid out against its parameter: the number of leading dims before the parameter's
+    #: own (0: shaped like it, the default for keys not listed), or None for a tensor of its own shape (priorities,
+    #: counts). A sharded parameter's state follows it: sharded on the same dims (shifted by the leading ones), the
+    #: None ones the same on every rank
+    _state_layout: dict[str, int | None] = {}
 
     def __init__(
         self,
@@ -180,9 +188,17 @@ class AdamlabOptimizer(Optimizer):
                 continue
             st = self.state[p]
             for k, v in saved_state[pid].items():
-                if k == "step" or not isinstance(v, Tensor):
+                if not isinstance(v, Tensor):
                     continue
-                st[k] = v.to(device=p.device, dtype=self._state_dtype(k, v, p), copy=True)
+                if k == "step":
+                    if _dist.is_dtensor(v):
+                        st[k] = _dist.to_layout(v, p, None)
+                    continue
+                v = _dist.to_layout(v, p, self._layout(k))
+                st[k] = v.to(device=_dist.local(p).device, dtype=self._state_dtype(k, v, p), copy=True)
+
+    def _layout(self, key: str) -> int | None:
+        return self._state_layout.get(key, 0)
 
     def _state_dtype(self, key: str, value: Tensor, p: Tensor) -> torch.dtype:
         if not value.is_floating_point():
@@ -208,12 +224,36 @@ class AdamlabOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ the engine
     def _new_state(self, p: Tensor, group: dict) -> dict[str, Tensor]:
+        """A new parameter's state; for a DTensor parameter made on its local shard, then laid out like it."""
+        sharding = _dist.sharding_of(p)
+        lp = _dist.local(p)
         st: dict[str, Tensor] = {"step": torch.tensor(0.0, dtype=torch.float32)}
-        for k, v in self._init_state(p, group).items():
-            st[k] = v.to(self._state_dtype(k, v, p)) if isinstance(v, Tensor) else v
+        for k, v in self._init_state(lp, group).items():
+            st[k] = v.to(self._state_dtype(k, v, lp)) if isinstance(v, Tensor) else v
         if self.lowp.mode == "kahan" and p.dtype in (torch.bfloat16, torch.float16):
-            st["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["kahan_comp"] = torch.zeros_like(lp, memory_format=torch.preserve_format)
+        if sharding is not None:
+            self._settle_state(st)
+            for k, v in st.items():
+                lead = self._layout(k) if k != "step" else None
+                if isinstance(v, Tensor) and lead is not None:
+                    st[k] = sharding.wrap(v, lead)
         return st
+
+    def _settle(self, p: Tensor, st: dict[str, Any]) -> None:
+        """:meth:`_settle_state` on the local shards of a DTensor parameter's state (laid out again where it made a
+        new tensor)."""
+        sharding = _dist.sharding_of(p)
+        if sharding is None:
+            self._settle_state(st)
+            return
+        locals_ = {k: _dist.local(v) if isinstance(v, Tensor) else v for k, v in st.items()}
+        before = dict(locals_)
+        self._settle_state(locals_)
+        for k, v in locals_.items():
+            if v is not before.get(k):
+                lead = self._layout(k)
+                st[k] = sharding.wrap(v, lead) if isinstance(v, Tensor) and lead is not None else v
 
     def _plan(self, group: dict, params: list[Tensor]) -> "_Plan":
         """What every step of this group reuses; rebuilt when the parameters with gradients, their state
@@ -228,7 +268,7 @@ class AdamlabOptimizer(Optimizer):
                 raise RuntimeError(f"{name} does not support complex parameters")
             if not self.state[p]:
                 self.state[p] = self._new_state(p, group)
-            self._settle_state(self.state[p])
+            self._settle(p, self.state[p])
         plan = plans[id(group)] = _Plan(self, group, params)
         return plan
 
@@ -246,6 +286,8 @@ class AdamlabOptimizer(Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         plan = self._plan(group, params)
         extra = self._prepare(group, params, grads)
+        if plan.sharded:  # the rule runs on the local shards
+            grads = [_dist.local(g if not _dist.is_dtensor(p) else _local_grad(g, p)) for p, g in zip(params, grads)]
         c = self._constants(group)
         plan.steps.add_(1)  # every parameter's ``step`` is a 0-d view into this one tensor
         values = plan.steps.tolist()
@@ -268,6 +310,7 @@ class AdamlabOptimizer(Optimizer):
     def _run(self, part: "_Part", sub: list[int] | None, grads: list[Tensor], s: dict, c: dict) -> None:
         rule = type(self)._rule
         lowp = self.lowp
+        T, F = part.T, part.F
         keys = part.keys
         if sub is None:
             ps, sts = part.ps, part.sts
@@ -282,6 +325,11 @@ class AdamlabOptimizer(Optimizer):
             # models never win back, so they take the multi-tensor path
             big = (part.numel if sub is None else sum(p.numel() for p in ps)) >= _AUTO_COMPILE_NUMEL
             impl = "compiled" if big and compiler_available() and self._fusion_pays(part, s, c) else "foreach"
+        if impl == "compiled" and part.sharding is not None and self._reduces(part, s, c):
+            # a reduction over a sharded tensor is a collective, which every rank must issue in the same order: the
+            # multi-tensor path issues one per reduction for the whole part, where the compiled chunks would issue
+            # one per tensor, in an order that depends on the local shard sizes
+            impl = "foreach"
         if impl == "compiled":
             if sub is None:
                 fast, eager = part.fast, part.eager
@@ -307,30 +355,40 @@ class AdamlabOptimizer(Optimizer):
                     stepped = {fast[k] for k in getattr(err, "adamlab_stepped", ())}
                     eager = [i for i in range(len(ps)) if i not in stepped]
             for i in eager:
-                lowp.apply(rule, _ops.T, ps[i], gs[i], {k: sts[i][k] for k in keys}, s, c)
+                lowp.apply(rule, T, ps[i], gs[i], {k: sts[i][k] for k in keys}, s, c)
         elif impl == "foreach" and not part.needs_cast:
             st_lists = part.st_lists if sub is None else {k: [st[k] for st in sts] for k in keys}
             per = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in s.items()}
-            rule(_ops.F, ps, gs, st_lists, per, c)
+            rule(F, ps, gs, st_lists, per, c)
         else:
             for p, g, st in zip(ps, gs, sts):
-                lowp.apply(rule, _ops.T, p, g, {k: st[k] for k in keys}, s, c)
+                lowp.apply(rule, T, p, g, {k: st[k] for k in keys}, s, c)
 
     def _fusion_pays(self, part: "_Part", s: dict, c: dict) -> bool:
         """Whether compiling can beat the multi-tensor path: not when the rule is a single multi-tensor operation
-        (plain SGD's ``p += -lr * g`` is already one pass over memory, and the compiled call costs more).
-        Decided once per part by running the rule on 2-element scratch tensors and counting operations."""
-        if part.fusion_pays is None:
+        (plain SGD's ``p += -lr * g`` is already one pass over memory, and the compiled call costs more)."""
+        return self._probe(part, s, c).calls > 1
+
+    def _reduces(self, part: "_Part", s: dict, c: dict) -> bool:
+        """Whether the rule reduces over a tensor's elements (``o.norm``, ``o.mean``) with constants ``c``."""
+        return self._probe(part, s, c).reductions > 0
+
+    def _probe(self, part: "_Part", s: dict, c: dict) -> "_CountingOps":
+        """The operations the rule issues with constants ``c``: counted once per part and constants, by running it on
+        2-element scratch tensors."""
+        key = tuple(sorted(c.items()))
+        counter = part.probes.get(key)
+        if counter is None:
             counter = _CountingOps(_ops.F)
             dummy = torch.zeros(2, dtype=part.dtype, device=part.device)
             st = {k: v for k, v in self._new_state(dummy, part.group).items() if k != "step"}
             try:
                 type(self)._rule(counter, [dummy], [torch.zeros_like(dummy)], {k: [v] for k, v in st.items()},
                                  {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in s.items()}, c)
-                part.fusion_pays = counter.calls > 1
-            except Exception:  # a rule the scratch run cannot take: compile, as for any big bucket
-                part.fusion_pays = True
-        return part.fusion_pays
+            except Exception:  # a rule the scratch run cannot take: compile, as for any big bucket; assume it reduces
+                counter.calls, counter.reductions = 2, 1
+            part.probes[key] = counter
+        return counter
 
     def _run_compiled(self, ps, gs, sts, s, c, keys, dtype, device, part: "_Part | None" = None,
                       group: dict | None = None) -> None:
@@ -346,17 +404,29 @@ class AdamlabOptimizer(Optimizer):
         runner.run(type(self), c, self.lowp.mode, gs, s)
 
 
+def _local_grad(g: Tensor, p: Tensor) -> Tensor:
+    """A DTensor parameter's gradient laid out as the parameter (its local shard then matches the parameter's)."""
+    if _dist.is_dtensor(g) and (g.placements != p.placements or g.device_mesh != p.device_mesh):
+        return g.redistribute(p.device_mesh, p.placements)
+    return g
+
+
 class _CountingOps:
-    """An operation vocabulary that counts the operations a rule issues (see ``_fusion_pays``)."""
+    """An operation vocabulary that counts the operations a rule issues, and its reductions over a tensor's
+    elements (see ``_probe``)."""
+
+    _REDUCTIONS = ("norm", "mean")
 
     def __init__(self, ops) -> None:
-        self._ops, self.calls = ops, 0
+        self._ops, self.calls, self.reductions = ops, 0, 0
 
     def __getattr__(self, name):
         fn = getattr(self._ops, name)
+        reduction = name in self._REDUCTIONS
 
         def counted(*args, **kwargs):
             self.calls += 1
+            self.reductions += reduction
             return fn(*args, **kwargs)
 
         return counted
@@ -366,13 +436,19 @@ class _Part:
     """The parameters of one group on one (device, dtype), with the lists each step reuses."""
 
     __slots__ = ("group", "idx", "ps", "sts", "keys", "device", "dtype", "numel", "needs_cast", "st_lists",
-                 "fast", "eager", "runner", "fusion_pays")
+                 "fast", "eager", "runner", "probes", "sharding", "T", "F")
 
-    def __init__(self, group: dict, idx: list[int], ps: list[Tensor], sts: list[dict]) -> None:
+    def __init__(self, group: dict, idx: list[int], ps: list[Tensor], sts: list[dict], numel: int,
+                 sharding: "_dist.Sharding | None" = None) -> None:
+        """``ps`` and ``sts``: the parameters and their state as the rule sees them (for DTensors, the local
+        shards); ``numel``: their elements in all (for DTensors, every shard's, so that every rank takes the same
+        path); ``sharding``: how they lie on their mesh (None: plain tensors)."""
         self.group, self.idx, self.ps, self.sts = group, idx, ps, sts
         self.keys = keys = [k for k in sts[0] if k != "step"]
         self.device, self.dtype = ps[0].device, ps[0].dtype
-        self.numel = sum(p.numel() for p in ps)
+        self.numel = numel
+        self.sharding = sharding
+        self.T, self.F = _ops.sharded(_ops.T, sharding), _ops.sharded(_ops.F, sharding)
         self.needs_cast = any(
             p.dtype in (torch.bfloat16, torch.float16)
             or any(st[k].is_floating_point() and st[k].dtype != p.dtype for k in keys)
@@ -382,13 +458,13 @@ class _Part:
         fast = set(self.fast)
         self.eager = [i for i in range(len(ps)) if i not in fast]
         self.runner = None
-        self.fusion_pays: bool | None = None
+        self.probes: dict[tuple, _CountingOps] = {}
 
 
 class _Plan:
     """A param group's parameters with gradients, their state, and their (device, dtype) parts."""
 
-    __slots__ = ("group", "params", "states", "sig", "steps", "parts")
+    __slots__ = ("group", "params", "states", "sig", "steps", "parts", "sharded")
 
     def __init__(self, opt: "AdamlabOptimizer", group: dict, params: list[Tensor]) -> None:
         self.group = group
@@ -400,15 +476,24 @@ class _Plan:
         for st, view in zip(self.states, self.steps.unbind(0)):
             st["step"] = view
         self.sig = self._signature(params, self.states)
+        shardings = [_dist.sharding_of(p) for p in params]
+        self.sharded = any(sh is not None for sh in shardings)
+        local = _dist.local
         by_kind: dict[tuple, list[int]] = defaultdict(list)
-        for i, (p, st) in enumerate(zip(params, self.states)):
-            by_kind[(p.device, p.dtype, tuple(k for k in st if k != "step"))].append(i)
-        self.parts = [_Part(group, idx, [params[i] for i in idx], [self.states[i] for i in idx])
+        for i, (p, st, sh) in enumerate(zip(params, self.states, shardings)):
+            by_kind[(local(p).device, p.dtype, tuple(k for k in st if k != "step"),
+                     None if sh is None else sh.key)].append(i)
+        self.parts = [_Part(group, idx, [local(params[i]) for i in idx],
+                            [self.states[i] if shardings[i] is None else
+                             {k: local(v) if isinstance(v, Tensor) else v for k, v in self.states[i].items()}
+                             for i in idx],
+                            sum(_dist.numel(params[i]) for i in idx), shardings[idx[0]])
                       for idx in by_kind.values()]
 
     @staticmethod
     def _signature(params, states) -> list:
-        return [(p.data_ptr(), tuple(map(id, st.values()))) for p, st in zip(params, states)]
+        local = _dist.local
+        return [(local(p).data_ptr(), tuple(map(id, st.values()))) for p, st in zip(params, states)]
 
     def matches(self, group: dict, params: list[Tensor], state) -> bool:
         if group is not self.group or len(params) != len(self.params):

@@ -7,6 +7,9 @@ An update rule is a function ``rule(o, p, g, st, s, c)`` written against ``o``:
   same loop, where scalars arrive as 0-d tensors so that a changing learning rate never recompiles).
 * :data:`F` applies each operation to a list of tensors with ``torch._foreach_*`` kernels where torch has
   one, and tensor by tensor otherwise (the multi-tensor path).
+* :func:`sharded` gives :data:`T` or :data:`F` for the local shards of DTensor parameters: the same operations,
+  with the reductions over a tensor's elements (``norm``, ``mean``) taken over every shard
+  (:mod:`adamlab.optim._dist`). A rule reduces over a tensor only through ``norm`` and ``mean``.
 * :data:`C` is :data:`T` as the compiled path traces it: the same maths in an order that costs the kernel
   fewer instructions per element (a division by a per-step scalar becomes a multiplication by its reciprocal,
   computed once per call; ``lerp`` loses its branch). Each rewrite moves a result by at most an ulp or two, so
@@ -24,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-__all__ = ["T", "F", "C"]
+__all__ = ["T", "F", "C", "sharded"]
 
 
 _LOW = (torch.bfloat16, torch.float16)
@@ -377,11 +380,69 @@ class _CompiledOps(_TensorOps):
         return _vector_norm(x)
 
     @staticmethod
+    def mean(x, dim):
+        """Over an outer dim: one opaque ATen mean (inductor's reduction over an outer dim walks the tensor a block
+        of columns at a time, one row's stride between loads; ATen's reads it row by row)."""
+        if x.dim() > 1 and dim in (0, -x.dim()):
+            return _mean0(x)
+        return torch.mean(x, dim=dim)
+
+    @staticmethod
     def lerp_(x, y, w):
         """``x += w * (y - x)`` in one form for every ``w`` (torch's lerp switches forms at ``w = 0.5``)."""
         if _is_num(w) or (isinstance(w, Tensor) and w.dim() == 0):
             return x.add_((y - x) * w)
         return x.lerp_(y, w)
+
+
+@torch.library.custom_op("adamlab::mean0", mutates_args=())
+def _mean0(x: Tensor) -> Tensor:
+    """``torch.mean(x, dim=0)``, opaque to the compiler (see :meth:`_CompiledOps.mean`)."""
+    return torch.mean(x, dim=0)
+
+
+@_mean0.register_fake
+def _(x):
+    return x.new_empty(x.shape[1:])
+
+
+class _ShardedTensorOps(_TensorOps):
+    """:class:`_TensorOps` on the local shards of DTensor parameters of one sharding (the loop path)."""
+
+    def __init__(self, sharding) -> None:
+        self.sharding = sharding
+
+    def norm(self, x):
+        return self.sharding.norms([x])[0]
+
+    def mean(self, x, dim):
+        return self.sharding.means([x], dim)[0]
+
+
+class _ShardedForeachOps(_ForeachOps):
+    """:class:`_ForeachOps` on the local shards of DTensor parameters of one sharding (the multi-tensor path): one
+    collective per reduction for the whole list."""
+
+    def __init__(self, sharding) -> None:
+        self.sharding = sharding
+
+    def norm(self, x):
+        return self.sharding.norms(list(x))
+
+    def mean(self, x, dim):
+        return self.sharding.means(list(x), dim)
+
+
+def sharded(ops, sharding):
+    """``ops`` (:data:`T` or :data:`F`) for tensors that are the local shards of DTensors laid out as ``sharding``
+    (an :class:`adamlab.optim._dist.Sharding`); ``ops`` itself for ``sharding=None``."""
+    if sharding is None:
+        return ops
+    if isinstance(ops, _ForeachOps):
+        return _ShardedForeachOps(sharding)
+    if type(ops) is _TensorOps:
+        return _ShardedTensorOps(sharding)
+    raise TypeError(f"no sharded form of {type(ops).__name__}")
 
 
 T = _TensorOps()

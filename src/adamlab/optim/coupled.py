@@ -3,40 +3,14 @@ vocabulary axis of an embedding matrix), so that every token shares one denomina
 
 from __future__ import annotations
 
+import warnings
+
 import torch
-from torch import Tensor
 
 from ._base import AdamlabOptimizer, check_bool, check_common, check_range
 from .adam import adam_bias_scalars, adam_denominator
 
 __all__ = ["CoupledAdam"]
-
-
-def _second_moment(v: Tensor, g: Tensor, beta2, one_minus_beta2) -> Tensor:
-    """``v ← β₂·v + (1−β₂)·g²`` in place, then the mean of ``v`` over dim 0 (a coupled tensor's shared second
-    moment).
-
-    Compiled, this is one opaque operation (:func:`_second_moment_op`, the same ATen calls): the compiler's own
-    reduction over the outer dimension walks ``v`` one block of 16 columns at a time, a stride of one row between
-    loads (on an 8192 x 384 embedding, 2 threads: the coupled tensor's step took 3.4 ms against 1.7 ms uncoupled),
-    where ATen's reads it row by row; the rest of the step stays one fused pass."""
-    if torch.compiler.is_compiling() and isinstance(beta2, Tensor):
-        return _second_moment_op(v, g, beta2, one_minus_beta2)
-    v.mul_(beta2).addcmul_(g, g, value=one_minus_beta2)
-    return torch.mean(v, dim=0)
-
-
-@torch.library.custom_op("adamlab::coupled_second_moment", mutates_args=("v",))
-def _second_moment_op(v: Tensor, g: Tensor, beta2: Tensor, one_minus_beta2: Tensor) -> Tensor:
-    if v.device.type == "cpu":  # the loop's ATen calls exactly (a 0-d CPU tensor's value costs no sync)
-        return _second_moment(v, g, beta2.item(), one_minus_beta2.item())
-    v.mul_(beta2).add_(g * g * one_minus_beta2)  # no host sync on an accelerator
-    return torch.mean(v, dim=0)
-
-
-@_second_moment_op.register_fake
-def _(v, g, beta2, one_minus_beta2):
-    return v.new_empty(v.shape[1:])
 
 
 class CoupledAdam(AdamlabOptimizer):
@@ -92,6 +66,14 @@ class CoupledAdam(AdamlabOptimizer):
         check_common(group, n_betas=2)
         check_bool("coupled", group["coupled"])
         check_range("coupled_scale", group["coupled_scale"], 0.0, lo_open=True)
+        flat = [tuple(p.shape) for p in group["params"] if p.dim() < 2]
+        if group["coupled"] and flat:
+            warnings.warn(f"CoupledAdam: a coupled group holds {len(flat)} tensor(s) with fewer than 2 dims (e.g. "
+                          f"shape {list(flat[0])}), whose second moment is then averaged over all their elements; "
+                          "coupling is meant for embedding matrices [V, H]: pass the groups of "
+                          "adamlab.groups.coupled_param_groups(model), or build the optimizer with "
+                          "adamlab.groups.coupled_adam(model), to couple the embeddings only", UserWarning,
+                          stacklevel=4)
 
     def _init_state(self, p, group):
         return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
@@ -115,8 +97,7 @@ class CoupledAdam(AdamlabOptimizer):
         if c["decoupled"]:
             o.mul_(p, s["decay_factor"])
         m = o.lerp_(st["exp_avg"], g, s["one_minus_beta1"])
-        if c["coupled"]:  # one value per column, broadcast over the rows
-            v = o.mul(o.per(_second_moment, st["exp_avg_sq"], g, s["beta2"], s["one_minus_beta2"]), s["coupled_scale"])
-        else:
-            v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g, g, s["one_minus_beta2"])
+        v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g, g, s["one_minus_beta2"])
+        if c["coupled"]:  # one value per column, broadcast over the rows (the mean over every shard's rows)
+            v = o.mul(o.mean(v, 0), s["coupled_scale"])
         o.addcdiv_(p, m, adam_denominator(o, v, s), s["neg_step_size"])

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _dist, _ops
 from ._base import AdamlabOptimizer, check_bool, check_common, check_range
 from ._compiled import SMALL_NUMEL
 from .adam import Adam, adam_bias_scalars, adam_denominator
@@ -242,8 +242,9 @@ def _offer_op(buf: Tensor, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, fi
 
 
 def synced_priority(grads: list[Tensor]) -> Tensor:
-    """One priority for a whole param group: Σ over its tensors of ‖g‖₂ (the reference's ``synced=True``)."""
-    norms = _ops.F.norm(list(grads))
+    """One priority for a whole param group: Σ over its tensors of ‖g‖₂ (the reference's ``synced=True``); the norm
+    of a sharded gradient is over all its shards."""
+    norms = _dist.global_norms(list(grads))
     device = norms[0].device
     if any(n.device != device for n in norms):
         norms = [n.to(device) for n in norms]
@@ -271,6 +272,7 @@ class _CriticalBase(AdamlabOptimizer):
     """Arguments, state and scalars shared by :class:`AdamCM` and :class:`AdamCG`."""
 
     _decoupled_decay: bool  # AdamCM: θ(1 − ηλ); AdamCG: L2 added to the aggregated gradient
+    _state_layout = {"buffer": 1, "priorities": None, "count": None}
 
     def _validate(self, group):
         check_common(group, n_betas=2)
