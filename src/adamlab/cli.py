@@ -7,15 +7,25 @@ import os
 import sys
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (`PROG: error: MESSAGE`) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="adamlab", description="Train small real models with every adamlab optimizer "
-                                "under an equal tuning budget and report which of the papers' claims held.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="adamlab", description="Train small real models with every adamlab optimizer under an equal "
+               "tuning budget and report which of the papers' claims held.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     b = sub.add_parser("bench", help="tune, re-run over seeds, write the report (resumable)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Tune every optimizer with the same quasi-random budget on every task, re-run the "
                        "best setting over several seeds and write report.html / summary.md / PNGs / adamlab.db to "
-                       "--out. Interrupting (even kill -9) and re-running the same command continues where it stopped.")
+                       "--out. Interrupting (even kill -9) and re-running the same command continues where it stopped.",
+                       epilog="Exit status: 0 done; 1 done, but a task was not run because its data (--text, "
+                       "--cifar-dir) cannot make it (said on stderr and in the report); 2 bad arguments or files, "
+                       "nothing run.")
     b.add_argument("--suite", choices=["smoke", "default", "full"], default="default",
                    help="smoke: <1 min check; default: ~6-8 min on 2 cores; full: bigger models, for bigger machines")
     b.add_argument("--tasks", default=None, help="comma-separated task names (default: every task of the suite whose "
@@ -48,6 +58,26 @@ def _split(s: str | None) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()] if s else []
 
 
+def _report(folder: str) -> int:
+    """`adamlab report DIR`: rebuild the report, or a one-line error with nothing written."""
+    import sqlite3
+
+    from adamlab.lab.files import LabError, check_db, writable
+    from adamlab.lab.report import build_report
+
+    db = os.path.join(folder, "adamlab.db")
+    if not os.path.isfile(db):
+        raise LabError(f"no adamlab.db in {folder}")
+    if not writable(folder):
+        raise LabError(f"{folder}: not writable (the report is written beside adamlab.db)")
+    check_db(db, results=True)
+    try:
+        print(build_report(folder))
+    except sqlite3.DatabaseError as e:
+        raise LabError(f"{db}: damaged database ({e})") from None
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["speed"]:
@@ -55,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return speed_main(argv[1:])
     args = _parser().parse_args(argv)
-    from adamlab.lab.bench import LabError
+    from adamlab.lab.files import LabError
+    from adamlab.lab.tasks import DataError
 
     try:
         if args.command == "tasks":
@@ -65,17 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n:<16} {build_task(n, SUITES['default']['tasks'][n]).description}")
             return 0
         if args.command == "report":
-            from adamlab.lab.report import build_report
-            if not os.path.isfile(os.path.join(args.dir, "adamlab.db")):
-                raise LabError(f"no adamlab.db in {args.dir}")
-            print(build_report(args.dir))
-            return 0
+            return _report(args.dir)
         from adamlab.lab.bench import run_bench
+        from adamlab.lab.files import check_out
         from adamlab.lab.protocol import BenchConfig
 
         cifar = args.cifar_dir
         if args.download_cifar:
             from adamlab.lab.tasks.cifar import download_cifar10
+            check_out(args.out)
             cifar = cifar or os.path.join(args.out, "cifar-10")
             try:
                 download_cifar10(cifar)
@@ -84,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = BenchConfig(out=args.out, suite=args.suite, tasks=_split(args.tasks), optimizers=_split(args.optimizers),
                           trials=args.trials, seeds=args.seeds, storage=args.storage, workers=args.workers,
                           threads=args.threads, text=args.text, cifar_dir=cifar)
-        run_bench(cfg, explicit_tasks=bool(args.tasks), quiet=args.quiet)
-        return 0
-    except LabError as e:
-        print(f"adamlab: error: {e}", file=sys.stderr)
+        _, failed = run_bench(cfg, explicit_tasks=bool(args.tasks), quiet=args.quiet)
+        return 1 if failed else 0
+    except (LabError, DataError) as e:
+        print(f"adamlab: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("adamlab: interrupted; re-run the same command to continue", file=sys.stderr)

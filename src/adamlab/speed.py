@@ -395,8 +395,15 @@ def machine() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- CLI
+def _split(s: str | None) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else []
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="adamlab speed", description=__doc__.split("\n\n")[0])
+    """The arguments, checked: a bad one is a one-line error (exit status 2) before anything runs or is written."""
+    from .cli import Parser
+
+    ap = Parser(prog="adamlab speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--optimizers", default=None, help="comma-separated registry names (default: all)")
@@ -409,7 +416,31 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="compile into an empty inductor cache (cold first-step cost)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--out", default="speed-results", help="directory for speed.json and speed.png")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for opt, value, known in (("--optimizers", args.optimizers, adamlab_names()), ("--paths", args.paths, PATHS),
+                              ("--sets", args.sets, list(param_sets(True)))):
+        if value is None:  # --optimizers: all
+            continue
+        names = _split(value)
+        if not names:
+            ap.error(f"{opt}: no names given; choose from {', '.join(known)}")
+        for n in names:
+            if n not in known:
+                ap.error(f"{opt}: unknown name {n!r}; choose from {', '.join(known)}")
+    for opt, n in (("--threads", args.threads), ("--repeats", args.repeats)):
+        if n is not None and n < 1:
+            ap.error(f"{opt} {n}: must be at least 1")
+    try:
+        torch.empty(1, device=args.device)
+    except Exception as e:  # noqa: BLE001 - unknown device, or one this torch or machine does not have
+        ap.error(f"--device {args.device}: {(str(e).strip() or type(e).__name__).splitlines()[0][:200]}")
+    from .lab.files import LabError, check_out
+
+    try:
+        check_out(args.out)
+    except LabError as e:
+        ap.error(str(e))
+    return args
 
 
 def main(argv=None) -> int:
@@ -420,13 +451,10 @@ def main(argv=None) -> int:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="adamlab-speed-inductor-")
     from .optim._base import compiler_available
 
-    names = args.optimizers.split(",") if args.optimizers else adamlab_names()
-    paths = [p for p in args.paths.split(",") if p]
-    for p in paths:
-        if p not in PATHS:
-            raise SystemExit(f"unknown path {p!r}; choose from {', '.join(PATHS)}")
+    names = _split(args.optimizers) or adamlab_names()
+    paths = _split(args.paths)
     sets = param_sets(args.quick)
-    chosen = [s for s in args.sets.split(",") if s]
+    chosen = _split(args.sets)
     repeats = args.repeats or (3 if args.quick else 15)
     compiler = compiler_available()
     out = Path(args.out)

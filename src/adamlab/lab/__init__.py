@@ -3,6 +3,7 @@ which of the papers' claims held (``adamlab bench``; see ``adamlab.lab.bench.run
 
 Layout: ``tasks/`` (the training problems), ``space`` (registry search spaces -> Optuna), ``protocol``
 (tuning, seeds, resumable workers), ``store`` (SQLite run tables), ``timing`` (step-time micro-benchmark),
-``metrics``/``stats`` (SPEC 9 metrics, t-intervals, Welch, Holm), ``analysis``/``claims`` (tables, lattice,
-claims ledger), ``plots``/``report`` (report.html, summary.md, PNGs).
+``metrics``/``stats`` (embedding, sharpness and target metrics, t-intervals, Welch, Holm), ``analysis``/
+``claims`` (tables, lattice, claims ledger), ``plots``/``report`` (report.html, summary.md, PNGs), ``files``
+(checks of the user's folders and databases).
 """

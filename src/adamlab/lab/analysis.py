@@ -131,7 +131,7 @@ def load(out_dir: str) -> dict:
 def _meta(db: str) -> dict:
     s = Store(db)
     try:
-        return {k: s.get_meta(k) for k in ("skipped", "spaces", "elapsed")}
+        return {k: s.get_meta(k) for k in ("skipped", "failed", "spaces", "elapsed")}
     finally:
         s.close()
 
@@ -141,12 +141,13 @@ def _summarise(t: TaskResult) -> None:
         return
     inits = [r["initial_val_loss"] for o in t.opts.values() for r in o.runs if math.isfinite(r["initial_val_loss"])]
     t.initial = float(median(inits)) if inits else math.nan
+    untrained = t.initial if math.isfinite(t.initial) else math.inf  # inf: no run of the task got anywhere
     for o in t.opts.values():
         # a diverged run scores the untrained loss (and the untrained accuracy): no better than not training
-        o.losses = [r["final_val_loss"] if math.isfinite(r["final_val_loss"]) else t.initial for r in o.runs]
+        o.losses = [r["final_val_loss"] if math.isfinite(r["final_val_loss"]) else untrained for r in o.runs]
         o.diverged = sum(bool(r["diverged"]) for r in o.runs)
         o.final_loss = mean_ci(o.losses)
-        o.best_loss = mean_ci([r["best_val_loss"] if math.isfinite(r["best_val_loss"]) else t.initial for r in o.runs])
+        o.best_loss = mean_ci([r["best_val_loss"] if math.isfinite(r["best_val_loss"]) else untrained for r in o.runs])
         if t.has_accuracy:
             o.accs = [r["final_val_acc"] if r["final_val_acc"] is not None else 0.1 for r in o.runs]
             o.final_acc = mean_ci(o.accs)
@@ -168,7 +169,8 @@ def _summarise(t: TaskResult) -> None:
             steps, times, vals = c.get("val_loss", ([], [], []))
             s = steps_to_target(steps, vals, t.target)
             st.append(s)
-            tt.append(times[steps.index(int(s))] if math.isfinite(s) else math.inf)
+            hit = times[steps.index(int(s))] if math.isfinite(s) else math.inf
+            tt.append(hit if math.isfinite(hit) else math.inf)  # a time not recorded counts as not reached
         o.steps_to_target, o.time_to_target = _median_or_inf(st), _median_or_inf(tt)
     order = sorted(t.opts.values(), key=lambda o: o.final_loss.mean)
     means = [o.final_loss.mean for o in order]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict
 
 from . import space
+from .files import LabError, check_db, check_out
 from .protocol import (BenchConfig, Runner, final_job, final_jobs, make_tasks, open_storage, recover, tune_job,
                        tuning_jobs)
 from .store import Store
@@ -13,59 +15,64 @@ from .suites import SUITES
 from .tasks import TASK_NAMES, DataError
 
 
-class LabError(Exception):
-    """A user error: the CLI prints the message on one line and exits with status 2."""
-
-
-def resolve(cfg: BenchConfig, explicit_tasks: bool) -> tuple[BenchConfig, dict[str, str]]:
-    """Fill suite defaults, check names and paths. Returns the config and {task: why skipped}."""
+def resolve(cfg: BenchConfig, explicit_tasks: bool) -> tuple[BenchConfig, dict[str, str], dict[str, str]]:
+    """Fill suite defaults, check names, paths and data. Returns the config (with the tasks that can run),
+    {task: why skipped} (data absent) and {task: why failed} (data present but unusable)."""
+    check_out(cfg.out)
     if cfg.suite not in SUITES:
-        raise LabError(f"unknown suite {cfg.suite!r}; choose from {', '.join(SUITES)}")
+        raise LabError(f"--suite: unknown suite {cfg.suite!r}; choose from {', '.join(SUITES)}")
     s = SUITES[cfg.suite]
     known_opts = space.all_optimizers()
     for o in cfg.optimizers:
         if o not in known_opts:
-            raise LabError(f"unknown optimizer {o!r}; choose from {', '.join(known_opts)}")
+            raise LabError(f"--optimizers: unknown optimizer {o!r}; choose from {', '.join(known_opts)}")
     for t in cfg.tasks:
         if t not in TASK_NAMES:
-            raise LabError(f"unknown task {t!r}; choose from {', '.join(TASK_NAMES)}")
+            raise LabError(f"--tasks: unknown task {t!r}; choose from {', '.join(TASK_NAMES)}")
     if cfg.text is not None and not os.path.isfile(cfg.text):
-        raise LabError(f"text file not found: {cfg.text}")
+        raise LabError(f"--text {cfg.text}: text file not found")
     if cfg.cifar_dir is not None and not os.path.isdir(cfg.cifar_dir):
-        raise LabError(f"CIFAR-10 directory not found: {cfg.cifar_dir}")
-    if cfg.workers < 1 or cfg.threads < 1:
-        raise LabError("--workers and --threads must be at least 1")
+        raise LabError(f"--cifar-dir {cfg.cifar_dir}: CIFAR-10 directory not found")
+    for opt, n in (("--workers", cfg.workers), ("--threads", cfg.threads)):
+        if n < 1:
+            raise LabError(f"{opt} {n}: must be at least 1")
     tasks = cfg.tasks or [t for t in TASK_NAMES if t in s["tasks"]]
     missing = [t for t in tasks if t not in s["tasks"]]
     if missing:
-        raise LabError(f"task(s) {', '.join(missing)} are not in suite {cfg.suite!r}")
+        raise LabError(f"--tasks: task(s) {', '.join(missing)} are not in suite {cfg.suite!r}")
     cfg = BenchConfig(**{**asdict(cfg), "tasks": tasks, "optimizers": cfg.optimizers or known_opts,
                          "trials": cfg.trials or s["trials"], "seeds": cfg.seeds or s["seeds"]})
     if cfg.trials < 1 or cfg.seeds < 2:
         raise LabError("--trials must be >= 1 and --seeds >= 2 (a confidence interval needs two seeds)")
+    check_db(cfg.db_path, results=False)  # the run tables live there whatever --storage says
     skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
     for name, task in make_tasks(cfg).items():
-        try:
-            ok, why = task.available()
-        except DataError as e:
-            ok, why = False, str(e)
+        ok, why = task.available()
         if not ok:
             if explicit_tasks or (name == "cifar10_cnn" and cfg.cifar_dir is not None) or \
                     (name in ("char_gpt", "word_lm") and cfg.text is not None):
-                raise LabError(why)
+                raise LabError(f"{name}: {why}")
             skipped[name] = why
-    cfg.tasks = [t for t in cfg.tasks if t not in skipped]
-    return cfg, skipped
+            continue
+        try:  # the data is there: can it make the task? (known now, not after training)
+            task.check()
+        except DataError as e:
+            failed[name] = str(e)
+    if failed and len(failed) == len(cfg.tasks) - len(skipped):
+        raise LabError("; ".join(f"{n}: {why}" for n, why in failed.items()))
+    cfg.tasks = [t for t in cfg.tasks if t not in skipped and t not in failed]
+    return cfg, skipped, failed
 
 
-def check_storage(url: str):
+def check_storage(url: str, user_given: bool):
     try:
         storage = open_storage(url)
         storage.get_all_studies()
         return storage
     except Exception as e:  # noqa: BLE001 - any failure to open is a user error here
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LabError(f"cannot open storage {url!r}: {msg}") from None
+        raise LabError(f"{'--storage: ' if user_given else ''}cannot open storage {url!r}: {msg}") from None
 
 
 def measure_step_times(cfg: BenchConfig, storage, store: Store, tasks, quiet: bool) -> None:
@@ -98,12 +105,17 @@ def estimate_seconds(cfg: BenchConfig, tasks) -> float:
     return 1.25 * runs / max(1, min(cfg.workers, os.cpu_count() or 1)) + 20  # + Optuna, sharpness, report
 
 
-def run_bench(cfg: BenchConfig, *, explicit_tasks: bool = False, quiet: bool = False, log=print) -> str:
+def run_bench(cfg: BenchConfig, *, explicit_tasks: bool = False, quiet: bool = False, log=print,
+              warn=lambda msg: print(msg, file=sys.stderr)) -> tuple[str, dict[str, str]]:
+    """Run the bench and write the report. Returns the screen summary and {task: why it failed} for the
+    tasks whose data could not make them (`warn` got one line each; the other tasks ran)."""
     from .report import build_report
 
-    cfg, skipped = resolve(cfg, explicit_tasks)
+    cfg, skipped, failed = resolve(cfg, explicit_tasks)
+    for name, why in failed.items():
+        warn(f"adamlab: error: {name} not run: {why}")
     os.makedirs(cfg.out, exist_ok=True)
-    storage = check_storage(cfg.storage_url)
+    storage = check_storage(cfg.storage_url, cfg.storage is not None)
     store = Store(cfg.db_path)
     tasks = make_tasks(cfg)
     est = estimate_seconds(cfg, tasks)
@@ -116,6 +128,7 @@ def run_bench(cfg: BenchConfig, *, explicit_tasks: bool = False, quiet: bool = F
     store.put_meta("tasks", {n: {"hash": t.hash, "description": t.description, "family": t.family,
                                  "has_accuracy": t.has_accuracy} for n, t in tasks.items()})
     store.put_meta("skipped", skipped)
+    store.put_meta("failed", failed)
     store.put_meta("spaces", {o: space.describe_space(o) for o in cfg.optimizers})
     t0 = time.time()
     rec = recover(storage, store, tasks, cfg.optimizers)
@@ -138,7 +151,7 @@ def run_bench(cfg: BenchConfig, *, explicit_tasks: bool = False, quiet: bool = F
     summary = build_report(cfg.out)
     log(summary)
     log(f"finished in {elapsed / 60:.1f} min; report: {os.path.join(cfg.out, 'report.html')}")
-    return summary
+    return summary, failed
 
 
 __all__ = ["LabError", "run_bench", "resolve"]

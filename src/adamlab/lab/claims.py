@@ -1,4 +1,5 @@
-"""The claims ledger: every SPEC section 10 claim, what was measured, and a verdict computed from the data.
+"""The claims ledger: every claim of the optimizers' papers under test, what was measured, and a verdict
+computed from the data.
 
 Verdict rules (stated with each row): for a directional claim "A is better than B by at least δ", with the
 95 % Welch CI [lo, hi] of the improvement: *supported* when lo > 0, *not supported* when hi < δ (the claimed
@@ -160,8 +161,8 @@ def ledger(tasks: dict[str, TaskResult]) -> list[Claim]:
         for b in ("adamw", "adam"):
             for n in lm:
                 t = tasks[n]
-                if "coupledadam" in t.opts and b in t.opts:
-                    a_, b_ = _vals(t, "coupledadam", key), _vals(t, b, key)
+                a_, b_ = (_vals(t, o, key) if o in t.opts else [] for o in ("coupledadam", b))
+                if a_ and b_:
                     x = directional([sign * y for y in a_], [sign * y for y in b_], delta)
                     parts.append((x[0], f"{n} vs {b}: {np.mean(a_):.3g} vs {np.mean(b_):.3g}, improvement {x[1]}"))
         v, m = combine(parts)

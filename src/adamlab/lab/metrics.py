@@ -1,4 +1,4 @@
-"""Metrics of SPEC section 9: isotropy, mean-embedding ratio, sharpness, steps-to-target, profiles."""
+"""Metrics: isotropy, mean-embedding ratio, sharpness, steps-to-target, performance profiles."""
 from __future__ import annotations
 
 import math

@@ -15,6 +15,19 @@ from .analysis import TaskResult, overhead, profiles  # noqa: E402
 from .tasks.landscapes import LANDSCAPES  # noqa: E402
 
 
+def _finite(*xs) -> bool:
+    return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+
+def _log_y(ax) -> bool:
+    """A log y axis, if something positive and finite is drawn (else matplotlib cannot place its ticks)."""
+    ys = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()]
+    if not any((np.isfinite(y) & (y > 0)).any() for y in ys):
+        return False
+    ax.set_yscale("log")
+    return True
+
+
 def colors(names: list[str]) -> dict[str, dict]:
     """Line style per optimizer: ten distinct colours, then the same colours dashed."""
     cmap = plt.get_cmap("tab10")
@@ -94,16 +107,17 @@ def curves(tasks: dict[str, TaskResult]) -> bytes | None:
             n = min(len(s[0]) for s in series)
             steps = np.asarray(series[0][0][:n])
             vals = np.asarray([s[2][:n] for s in series], dtype=float)
-            vals[~np.isfinite(vals)] = np.nan
-            mean = np.nanmean(vals, 0)
+            ok = np.isfinite(vals)
+            mean = np.where(ok, vals, 0).sum(0) / np.where(ok.any(0), ok.sum(0), np.nan)  # over finite seeds
             ax.plot(steps, np.maximum(mean, 1e-6) if t.family == "landscape" else mean, lw=1.2, **col[o.name])
-        ax.axhline(t.target, color="k", ls=":", lw=0.8)
-        lo = min(o.best_loss.mean for o in t.opts.values())
+        if _finite(t.target):
+            ax.axhline(t.target, color="k", ls=":", lw=0.8)
+        lo = min((o.best_loss.mean for o in t.opts.values() if _finite(o.best_loss.mean)), default=math.nan)
         if t.family == "landscape":  # f - f*, floored at 1e-6 for the log axis
-            ax.set_yscale("log")
-            ax.set_ylim(top=t.initial * 3)
-        else:
-            ax.set_ylim(lo - 0.05 * abs(t.initial - lo), t.initial * 1.05 if t.initial > 0 else None)
+            if _log_y(ax) and _finite(t.initial) and t.initial > 0:
+                ax.set_ylim(top=t.initial * 3)
+        elif _finite(lo, t.initial) and lo < t.initial:  # else (no finite numbers, no progress) autoscale
+            ax.set_ylim(lo - 0.05 * (t.initial - lo), t.initial * 1.05 if t.initial > 0 else None)
         ax.set_title(f"{t.name}: held-out loss (mean of seeds; ⋯ target)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
     _legend(fig, col, axes[len(items)] if len(axes) > len(items) else None)
@@ -117,20 +131,20 @@ def lr_sensitivity(tasks: dict[str, TaskResult]) -> bytes | None:
     col = colors(sorted({o for t in items for o in t.opts}))
     fig, axes = _grid(len(items))
     for ax, t in zip(axes, items):
-        cap = t.initial * 1.5 if t.initial > 0 else None
+        cap = t.initial * 1.5 if _finite(t.initial) and t.initial > 0 else None
         for o in t.opts.values():
-            pts = sorted((r["params"]["lr"], r["value"]) for r in o.tune if "lr" in r["params"])
+            pts = sorted((r["params"]["lr"], r["value"]) for r in o.tune if _finite(r["params"].get("lr")))
             if not pts:
                 continue
             lr = np.array([p[0] for p in pts])
             v = np.array([p[1] for p in pts], dtype=float)
-            if cap:  # diverged or worse-than-untrained trials are drawn at the cap
-                v = np.minimum(np.where(np.isfinite(v), v, cap), cap)
+            # diverged or worse-than-untrained trials are drawn at the cap (not at all without one)
+            v = np.minimum(np.where(np.isfinite(v), v, cap), cap) if cap else np.where(np.isfinite(v), v, np.nan)
             ax.plot(lr, np.maximum(v, 1e-6) if t.family == "landscape" else v, "o", ms=3,
                     lw=0.8, alpha=0.85, **col[o.name])
         ax.set_xscale("log")
         if t.family == "landscape":
-            ax.set_yscale("log")
+            _log_y(ax)
         ax.set_title(f"{t.name}: tuning trials, loss vs lr (diverged at top)", fontsize=9)
         ax.set_xlabel("learning rate", fontsize=8)
     _legend(fig, col, axes[len(items)] if len(axes) > len(items) else None)

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from . import space
 from .store import Store
 from .suites import suite as get_suite
-from .tasks import Task, build_task
+from .tasks import DataError, Task, build_task
 
 TUNE_SEED = 0
 FINAL_SEED0 = 1000
@@ -172,9 +172,12 @@ def init_worker(cfg_dict: dict, child: bool = True, ask_lock=None) -> None:
 
 
 def execute(task: Task, opt: str, params: dict, seed: int, final: bool):
-    """One training run; an exception inside the optimizer counts as a diverged run (recorded, not hidden)."""
+    """One training run; an exception inside the optimizer counts as a diverged run (recorded, not hidden).
+    A data problem is no divergence: DataError propagates (the bench checks the data before any run)."""
     try:
         res = task.run(lambda m: space.build_optimizer(opt, m, params), seed, final)
+    except DataError:
+        raise
     except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as e:
         from .tasks.base import RunResult
         res = RunResult(curves={}, initial_val_loss=math.nan, final_val_loss=math.inf, best_val_loss=math.inf,

@@ -6,6 +6,7 @@ import datetime
 import html
 import math
 import os
+import re
 import tempfile
 
 from . import plots
@@ -88,15 +89,21 @@ def embedding_table(tasks) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def md_escape(text: str) -> str:
+    """Text (a file name, a message) shown literally in Markdown: no raw HTML, no accidental markup (an
+    underscore inside a word, as in word_lm, never is markup and stays as it is)."""
+    return re.sub(r"([\\`*\[\]<>&|]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))", r"\\\1", str(text))
+
+
 def md_table(head, rows) -> str:
-    esc = [[str(c).replace("|", "\\|") for c in r] for r in rows]
+    esc = [[re.sub(r"([|<])", r"\\\1", str(c)) for c in r] for r in rows]  # no cell breaks the row or is HTML
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in esc])
 
 
 def html_table(head, rows) -> str:
-    def cell(c):
+    def cell(c):  # "**name**" (the top group) is bold
         c = html.escape(str(c))
-        return f"<b>{c[6:-6]}</b>" if c.startswith("**") and c.endswith("**") else c.replace("**", "")
+        return f"<b>{c[2:-2]}</b>" if len(c) > 4 and c.startswith("**") and c.endswith("**") else c.replace("**", "")
     return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
             + "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
 
@@ -132,8 +139,9 @@ def build_report(out_dir: str) -> str:
              f"the best mean loss any optimizer reached. Bold = not significantly worse than the task's leader "
              f"(Welch p ≥ 0.05). Diverged runs score the untrained loss. Generated {when}; "
              f"compute time {(meta.get('elapsed') or 0) / 60:.1f} min.")
-    skipped = meta.get("skipped") or {}
-    skip_txt = "".join(f"\n- **{n}** not run: {why}" for n, why in skipped.items())
+    not_run = {**{n: f"not run: {why}" for n, why in (meta.get("skipped") or {}).items()},
+               **{n: f"failed, its data cannot make it: {why}" for n, why in (meta.get("failed") or {}).items()}}
+    skip_txt = "".join(f"\n- **{md_escape(n)}** {md_escape(why)}" for n, why in not_run.items())
     lb_head = ["optimizer", "mean rank", "tasks in top group", "wins", "diverged final runs", "training step × Adam",
                "optimizer.step × Adam"]
     oh_opt = overhead(tasks, "adam", "opt_step_time")
@@ -152,15 +160,21 @@ def build_report(out_dir: str) -> str:
 
     sections = [("Leaderboard", "Mean rank of the final held-out loss over tasks (1 = best).", md_table(lb_head, lb_rows),
                  html_table(lb_head, lb_rows), None),
-                ("Claims ledger", "Each claim of SPEC section 10, tested at this small scale; verdicts computed.",
+                ("Claims ledger", "Each claim the optimizers' papers make (and, under Notes, what a tuned "
+                 "generalisation should do), tested at this small scale. The verdict is computed from the runs by "
+                 "the rule in its row: supported, not supported (the claimed effect is ruled out), inconclusive, or "
+                 "not tested (a task or optimizer it needs did not run).",
                  md_table(cl_head, cl_rows), _claims_html(cl_head, cl_rows), None),
                 ("Inclusion lattice (sanity check)", lat_txt, md_table(lat_head, lat_rows), html_table(lat_head, lat_rows),
                  None)]
     sections.append(("Landscapes", "Paths of the first final seed of every optimizer.", md_table(*landscape_table(tasks)),
                      html_table(*landscape_table(tasks)), "landscapes"))
     if "word_lm" in tasks or "char_gpt" in tasks:
-        sections.append(("Embeddings (Coupled Adam)", "Iso(E) and ‖μ‖ʳ of the tied embedding matrix at the end "
-                         "(SPEC 9).", md_table(*embedding_table(tasks)), html_table(*embedding_table(tasks)), "embeddings"))
+        sections.append(("Embeddings (Coupled Adam)", "Of the tied embedding matrix E at the end: isotropy "
+                         "Iso(E) = min over directions c of Z(c) / max Z(c), Z(c) = Σᵢ exp(cᵀeᵢ), c the eigenvectors "
+                         "of EᵀE (1 = isotropic); mean-embedding ratio ‖mean of eᵢ‖ / mean of ‖eᵢ‖ (0 = centred, "
+                         "1 = all rows equal).", md_table(*embedding_table(tasks)), html_table(*embedding_table(tasks)),
+                         "embeddings"))
     sections.append(("Learning curves", "", "", "", "curves"))
     sections.append(("Performance profiles", "AlgoPerf-style: fraction of tasks an optimizer reaches the target "
                      "within τ × the fastest optimizer (steps, and training seconds). Training seconds are wall time in the "
@@ -171,21 +185,21 @@ def build_report(out_dir: str) -> str:
     sections.append(("Forgetting (char GPT)", "", "", "", "forgetting"))
     sections.append(("Step-time overhead", "", "", "", "overhead"))
     for t in tasks.values():
-        sections.append((f"Task: {t.name}", t.description + f". Target loss {_f(t.target, 4)} (initial {_f(t.initial, 4)}).",
-                         md_table(*task_table(t)), html_table(*task_table(t)), None))
+        sections.append((f"Task: {t.name}", t.description.replace("**", "") + f". Target loss {_f(t.target, 4)} "
+                         f"(initial {_f(t.initial, 4)}).", md_table(*task_table(t)), html_table(*task_table(t)), None))
     spaces = meta.get("spaces") or {}
     sp_rows = [[o, s] for o, s in spaces.items()]
     sections.append(("Search spaces", "From the optimizer registry.", md_table(["optimizer", "space"], sp_rows),
                      html_table(["optimizer", "space"], sp_rows), None))
 
-    md = [f"# adamlab bench report\n\n{intro}{skip_txt}\n"]
+    md = [f"# adamlab bench report\n\n{_md_text(intro)}{skip_txt}\n"]
     body = [f"<h1>adamlab bench report</h1><p>{_md_inline(intro)}</p>"
-            + ("<ul>" + "".join(f"<li><b>{html.escape(n)}</b> not run: {html.escape(w)}</li>" for n, w in skipped.items())
-               + "</ul>" if skipped else "")]
+            + ("<ul>" + "".join(f"<li><b>{html.escape(n)}</b> {html.escape(w)}</li>" for n, w in not_run.items())
+               + "</ul>" if not_run else "")]
     for title, text, mdt, htt, fig in sections:
         if fig and fig not in figs and not mdt:
             continue
-        md.append(f"## {title}\n\n{text}\n\n{mdt}\n" + (f"\n![{fig}]({fig}.png)\n" if fig in figs else ""))
+        md.append(f"## {title}\n\n{_md_text(text)}\n\n{mdt}\n" + (f"\n![{fig}]({fig}.png)\n" if fig in figs else ""))
         img = (f'<img alt="{fig}" src="data:image/png;base64,{base64.b64encode(figs[fig]).decode()}">'
                if fig in figs else "")
         body.append(f"<h2>{html.escape(title)}</h2><p>{_md_inline(text)}</p>{htt}{img}")
@@ -193,6 +207,11 @@ def build_report(out_dir: str) -> str:
     atomic_write(os.path.join(out_dir, "report.html"), f"<!doctype html><html><head><meta charset='utf-8'>"
                  f"<title>adamlab bench report</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>")
     return screen_summary(board, claims, out_dir)
+
+
+def _md_text(text: str) -> str:
+    """Section text (plain, `**bold**`) as Markdown: everything but the bold markers shown literally."""
+    return "**".join(md_escape(p) for p in text.split("**"))
 
 
 def _md_inline(text: str) -> str:

@@ -62,7 +62,8 @@ class Comparison:
 def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Comparison:
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
-    diff = float(a.mean() - b.mean()) if a.size and b.size else float("nan")
+    with np.errstate(invalid="ignore"):  # inf - inf (both diverged everywhere): nan, said by the result
+        diff = float(a.mean() - b.mean()) if a.size and b.size else float("nan")
     if a.size < 2 or b.size < 2 or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return Comparison(diff, float("nan"), float("nan"), float("nan"), a.size, b.size)
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size

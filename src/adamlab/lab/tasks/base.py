@@ -1,16 +1,22 @@
 """What a task is, what a run returns, and the one training loop every neural-network task shares."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
 Curve = list  # list of (step, seconds of training so far, value)
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or cannot make its task (the CLI turns this into a one-line error)."""
 
 
 @dataclass
@@ -38,8 +44,10 @@ class Task:
     """A small training problem with a train and a held-out split.
 
     Subclasses set `name`, `family` ('landscape', 'quadratic', 'vision', 'lm'), `description`, and implement
-    `run(make_optimizer, seed, final)`. `config` (the suite's knobs) fully determines the results, and its
-    hash keys the stored runs, so changing a knob never mixes old and new numbers.
+    `run(make_optimizer, seed, final)`. `config` (the suite's knobs) and the content of the data files fully
+    determine the results, and their hash keys the stored runs, so changing a knob or editing a data file
+    never mixes old and new numbers. Tasks on user data name the config keys holding file paths in
+    `path_keys` (the hash covers the files' content, not their names) and implement `data_files`.
     """
 
     name = "task"
@@ -47,16 +55,34 @@ class Task:
     description = ""
     has_accuracy = False
     lr_key = "lr"
+    path_keys: tuple[str, ...] = ()
 
     def __init__(self, **config: Any):
         self.config = dict(config)
 
     def available(self) -> tuple[bool, str]:
+        """Whether the data is there at all (a task whose data is absent is skipped)."""
         return True, ""
+
+    def check(self) -> None:
+        """Raise DataError (one line naming the file and the problem) if the data cannot make this task.
+        Called before any training, so that broken data fails its task instead of counting as divergence."""
+
+    def data_files(self) -> list[str]:
+        return []
+
+    @functools.cached_property
+    def data_digest(self) -> str | None:
+        """sha256 of the data files' bytes (read once per task object), None for a task without files."""
+        files = self.data_files()
+        return file_digest(files) if files else None
 
     @property
     def hash(self) -> str:
-        blob = json.dumps({"task": self.name, **self.config}, sort_keys=True, default=str)
+        key = {k: v for k, v in self.config.items() if k not in self.path_keys}
+        if self.data_digest is not None:
+            key["data_sha256"] = self.data_digest
+        blob = json.dumps({"task": self.name, **key}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
     def run(self, make_optimizer: Callable[[Any], torch.optim.Optimizer], seed: int, final: bool) -> RunResult:
@@ -65,6 +91,20 @@ class Task:
     def cost(self) -> float:
         """Rough seconds per run on one core of this 2-core machine (for the runtime estimate)."""
         return float(self.config.get("cost", 0.5))
+
+
+def file_digest(files: Iterable[str]) -> str:
+    """sha256 over the files' sizes and bytes, in order (their names do not matter, their content does)."""
+    h = hashlib.sha256()
+    for file in files:
+        try:
+            with open(file, "rb") as f:
+                h.update(f"{os.fstat(f.fileno()).st_size}\0".encode())
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as e:
+            raise DataError(f"cannot read {file}: {e.strerror or e}") from None
+    return h.hexdigest()
 
 
 def _finite(x: float) -> bool:

@@ -17,11 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import isotropy, mean_embedding_ratio, sharpness
-from .base import RunResult, Task, train_model
+from .base import DataError, RunResult, Task, train_model
 
-
-class DataError(ValueError):
-    """A data file is missing or unreadable (the CLI turns this into a one-line error)."""
+__all__ = ["CharLM", "TextTask", "DataError", "read_text", "char_corpus"]
 
 
 def read_text(path: str | None) -> str:
@@ -32,15 +30,50 @@ def read_text(path: str | None) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read text file {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"text file {path} is not UTF-8 (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise DataError(f"cannot read text file {path}: {e.strerror or e}") from None
     if len(text) < 2000:
         raise DataError(f"text file {path} is too short ({len(text)} characters; need at least 2000)")
     return text
 
 
+class TextTask(Task):
+    """A task on a text file (`--text`; default: the bundled Shakespeare), keyed by the file's content."""
+
+    path_keys = ("text",)
+
+    def __init__(self, text: str | None = None, **config):
+        super().__init__(text=text, **config)
+        self.text = text
+
+    @property
+    def source(self) -> str:
+        return "the bundled Shakespeare" if self.text is None else f"text file {self.text}"
+
+    def available(self):
+        if self.text is not None and not os.path.isfile(self.text):
+            return False, f"text file not found: {self.text}"
+        return True, ""
+
+    def data_files(self) -> list[str]:
+        return [str(resources.files("adamlab").joinpath("data/shakespeare.txt")) if self.text is None else self.text]
+
+    def corpus(self):
+        """(train ids, held-out ids, vocabulary size), cached per file content."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        train, val, _ = self.corpus()
+        need = self.window + 2
+        if min(len(train), len(val)) < need:
+            raise DataError(f"{self.source}: only {len(train) + len(val)} {self.unit}, need at least {10 * need}")
+
+
 @functools.lru_cache(maxsize=4)
-def char_corpus(path: str | None, max_chars: int):
+def char_corpus(path: str | None, digest: str | None, max_chars: int):
+    """`digest` (of the file's bytes) is part of the cache key: an edited file is read again."""
     text = read_text(path)[:max_chars]
     vocab = sorted(set(text))
     idx = {c: i for i, c in enumerate(vocab)}
@@ -96,29 +129,26 @@ def lm_loss(model, batch):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
-class CharLM(Task):
+class CharLM(TextTask):
     name = "char_gpt"
     family = "lm"
+    unit = "characters"
 
     def __init__(self, text: str | None = None, **config):
         super().__init__(text=text, **config)
-        self.text = text
         c = self.config
+        self.window = int(c.get("block", 32))
         self.description = (f"char-level GPT on {'Shakespeare' if text is None else os.path.basename(text)}: "
                             f"{c.get('layers', 2)} layers, d={c.get('d', 48)}, context {c.get('block', 32)}, "
                             f"batch {c.get('batch', 16)}, {c.get('steps', 200)} steps; tied embeddings")
 
-    def available(self):
-        try:
-            read_text(self.text)
-        except DataError as e:
-            return False, str(e)
-        return True, ""
+    def corpus(self):
+        return char_corpus(self.text, self.data_digest, int(self.config.get("max_chars", 2_000_000)))
 
     def run(self, make_optimizer, seed: int, final: bool) -> RunResult:
         c = self.config
         block, bs, steps = int(c.get("block", 32)), int(c.get("batch", 16)), int(c.get("steps", 200))
-        train, val, vocab = char_corpus(self.text, int(c.get("max_chars", 2_000_000)))
+        train, val, vocab = self.corpus()
         g_val = torch.Generator().manual_seed(1234)
 
         def windows(data, n, gen):

@@ -3,7 +3,7 @@
 Vocabulary: the `vocab`-1 most frequent lower-cased words of the corpus plus <unk>, so the Zipf tail of rare
 words is there (their embeddings are the ones Adam pushes along the mean direction). Model: the previous
 `context` word embeddings -> MLP -> logits = h Eᵀ with the same E (tied head, no output bias). Reports the
-held-out loss and, at the end, Iso(E) and the mean-embedding ratio (SPEC 9).
+held-out loss and, at the end, Iso(E) and the mean-embedding ratio (see ``adamlab.lab.metrics``).
 """
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import isotropy, mean_embedding_ratio, sharpness
-from .base import RunResult, Task, train_model
-from .charlm import DataError, read_text
+from .base import RunResult, train_model
+from .charlm import DataError, TextTask, read_text
 
 __all__ = ["WordLMTask", "word_corpus", "DataError"]
 
 
 @functools.lru_cache(maxsize=4)
-def word_corpus(path: str | None, vocab: int, max_words: int):
+def word_corpus(path: str | None, digest: str | None, vocab: int, max_words: int):
+    """`digest` (of the file's bytes) is part of the cache key: an edited file is read again."""
     words = re.findall(r"[a-z']+", read_text(path).lower())[:max_words]
     common = [w for w, _ in collections.Counter(words).most_common(vocab - 1)]
     idx = {w: i + 1 for i, w in enumerate(common)}  # 0 = <unk>
@@ -44,28 +45,26 @@ class TiedWordLM(nn.Module):
         return h @ self.emb.weight.T
 
 
-class WordLMTask(Task):
+class WordLMTask(TextTask):
     name = "word_lm"
     family = "lm"
+    unit = "words of letters a-z"
 
     def __init__(self, text: str | None = None, **config):
         super().__init__(text=text, **config)
-        self.text = text
         c = self.config
+        self.window = int(c.get("context", 4))
         self.description = (f"word-level LM with tied embeddings, vocabulary {c.get('vocab', 2000)}, d={c.get('d', 32)}, "
                             f"context {c.get('context', 4)} words, batch {c.get('batch', 128)}, {c.get('steps', 300)} steps")
 
-    def available(self):
-        try:
-            read_text(self.text)
-        except DataError as e:
-            return False, str(e)
-        return True, ""
+    def corpus(self):
+        c = self.config
+        return word_corpus(self.text, self.data_digest, int(c.get("vocab", 2000)), int(c.get("max_words", 300_000)))
 
     def run(self, make_optimizer, seed: int, final: bool) -> RunResult:
         c = self.config
         k, bs = int(c.get("context", 4)), int(c.get("batch", 128))
-        train, val, vocab = word_corpus(self.text, int(c.get("vocab", 2000)), int(c.get("max_words", 300_000)))
+        train, val, vocab = self.corpus()
 
         def windows(data, n, gen):
             ix = torch.randint(len(data) - k - 1, (n,), generator=gen)
