@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> float:
     final = float(total) / world
     if rank == 0:
         print(f"final loss {final!r} after step {args.steps}")
+    dist.barrier()  # every rank done with its collectives before the group goes
     dist.destroy_process_group()
     return final
 

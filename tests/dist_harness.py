@@ -134,7 +134,6 @@ def _failing_compiles():
 
 def _reference(sc: dict, steps: int):
     """The single-process loop run on the global batches: {name: parameter}."""
-    import torch
 
     big = sc.get("big", False)
     model = _big_model() if big else _model()
@@ -271,7 +270,6 @@ def _dcp_load(model, opt, path):
 
 
 def run_scenario(sc: dict, rank: int, world: int, out: Path, refs: dict) -> dict:
-    import torch
 
     kind = sc.get("kind", "train")
     if kind == "priority":

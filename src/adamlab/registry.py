@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -154,6 +155,9 @@ def _fold_betas(info: OptimInfo, kwargs: dict[str, Any]) -> None:
         i = int(k[-1]) - 1
         if i >= info.num_betas:
             raise TypeError(f"{info.name} has {info.num_betas} betas; got {k}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) and not (
+                isinstance(v, (torch.Tensor, np.generic)) and np.size(v) == 1):
+            raise TypeError(f"{k} must be a real number, got {type(v).__name__}")
         betas[i] = float(v)
     kwargs["betas"] = tuple(betas)
 

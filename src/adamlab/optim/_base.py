@@ -32,11 +32,13 @@ are views into one tensor, so a step increments and reads them all in two operat
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
@@ -84,6 +86,8 @@ class AdamlabOptimizer(Optimizer):
     #: counts). A sharded parameter's state follows it: sharded on the same dims (shifted by the leading ones), the
     #: None ones the same on every rank
     _state_layout: dict[str, int | None] = {}
+    #: group keys a param group keeps through ``load_state_dict`` (what the class is, like AdamW's decoupled decay)
+    _kept_on_load: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -119,6 +123,23 @@ class AdamlabOptimizer(Optimizer):
             raise TypeError("params must be an iterable of tensors, of dicts or of (name, tensor) pairs, "
                             "not a single tensor")
         super().__init__(params, defaults)
+        self._check_state_dtype_names()
+
+    def _check_state_dtype_names(self) -> None:
+        """A ``state_dtype`` mapping names only state this optimizer keeps (a typo would do nothing, silently)."""
+        names = {k for k in self.state_dtype if k != "*"}
+        if not names:
+            return
+        keys = {"kahan_comp"}
+        for group in self.param_groups:
+            for p in group["params"][:1]:
+                meta = torch.empty(tuple(p.shape), dtype=p.dtype if p.is_floating_point() else torch.float32,
+                                   device="meta")
+                keys |= set(self._init_state(meta, _plain(group)))
+        unknown = sorted(names - keys)
+        if unknown:
+            raise ValueError(f"Invalid state_dtype: {type(self).__name__} keeps no state {unknown[0]!r} with these "
+                             f"settings (its state: {', '.join(sorted(keys - {'kahan_comp'}))}; '*' for all)")
 
     # ------------------------------------------------------------------ hooks for optimizer modules
     def _validate(self, group: dict) -> None:  # pragma: no cover - every optimizer overrides it
@@ -151,6 +172,12 @@ class AdamlabOptimizer(Optimizer):
         graphs before it stepped; None (the default) for none."""
         return None
 
+    def _lazy_keys(self, group: dict) -> tuple[str, ...]:
+        """State keys a group's settings may call for after its tensors' state was made (SGD's momentum buffer, when
+        momentum is switched on mid-run, as ``torch.optim.SGD`` makes it when first needed): made then, from
+        ``_init_state``, with the tensor's ``step`` restarted at 0 (default: none)."""
+        return ()
+
     def _flattens(self, c: dict[str, Any]) -> bool:
         """Whether the compiled path may flatten the tensors of a group with constants ``c`` (default: the class's
         ``_flatten_ok``); a rule that reduces over a dimension of some groups' tensors says so per group."""
@@ -160,6 +187,11 @@ class AdamlabOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        for i, p in enumerate(group["params"]):
+            if not (p.is_floating_point() or p.is_complex()):
+                self.param_groups.pop()
+                raise TypeError(f"{type(self).__name__}: parameter {i} of param group {len(self.param_groups)} is a "
+                                f"{p.dtype} tensor; only floating-point parameters can be optimised")
         try:
             self._validate(group)
         except Exception:
@@ -168,6 +200,8 @@ class AdamlabOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.defaults.pop("differentiable", None)  # torch adds it for its own steps; adamlab has no such flag, and
+        # loading, copying or unpickling must give back the dict that was saved
         self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("state_dtype", {})
         self.__dict__.setdefault("lowp", LowPrecision("nearest"))
@@ -177,16 +211,26 @@ class AdamlabOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load state exactly: every state tensor keeps its saved dtype (torch would cast it to the parameter's),
-        moves to the parameter's device, then takes this optimizer's ``state_dtype`` policy where it has one."""
+        moves to the parameter's device, then takes this optimizer's ``state_dtype`` policy where it has one.
+
+        Everything is checked before anything changes (a :class:`ValueError` naming the parameter and the state key,
+        and the optimizer exactly as before): the groups' settings, the state keys this optimizer keeps with those
+        settings, every state tensor's shape, and ``step``."""
+        self._check_state_dict(state_dict)
         saved_state = state_dict["state"]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        kept = [{k: g[k] for k in self._kept_on_load if k in g} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for g, own in zip(self.param_groups, kept):
+            g.update(own)
         self.__dict__["_plans"] = {}
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
             if pid not in saved_state:
                 continue
             st = self.state[p]
+            if "step" not in st:  # torch.optim.SGD keeps no step: a saved momentum buffer is not a first step's
+                st["step"] = torch.tensor(1.0 if st else 0.0, dtype=torch.float32)
             for k, v in saved_state[pid].items():
                 if not isinstance(v, Tensor):
                     continue
@@ -199,6 +243,62 @@ class AdamlabOptimizer(Optimizer):
 
     def _layout(self, key: str) -> int | None:
         return self._state_layout.get(key, 0)
+
+    def _check_state_dict(self, state_dict: Any) -> None:
+        """Raise ValueError (TypeError for a wrong type) if ``state_dict`` cannot load into this optimizer."""
+        name = type(self).__name__
+        if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get("state"), Mapping) \
+                or not isinstance(state_dict.get("param_groups"), (list, tuple)):
+            raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and 'param_groups' "
+                             f"(what state_dict() returns), got {type(state_dict).__name__}")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"{name}.load_state_dict: {len(saved_groups)} param groups saved, this optimizer has "
+                             f"{len(self.param_groups)}")
+        merged = []
+        for gi, (saved, ours) in enumerate(zip(saved_groups, self.param_groups)):
+            if not isinstance(saved, Mapping) or len(saved.get("params", ())) != len(ours["params"]):
+                raise ValueError(f"{name}.load_state_dict: param group {gi} saved with another number of "
+                                 "parameters")
+            group = {**self.defaults, **saved, "params": ours["params"]}
+            group.update({k: ours[k] for k in self._kept_on_load if k in ours})
+            try:
+                self._validate(group)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{name}.load_state_dict: param group {gi}: {err}") from None
+            merged.append(group)
+        saved_state = state_dict["state"]
+        for group, saved in zip(merged, saved_groups):
+            for pid, p in zip(saved["params"], group["params"]):
+                if pid in saved_state:
+                    self._check_param_state(pid, p, saved_state[pid], group)
+
+    def _check_param_state(self, pid: Any, p: Tensor, st: Any, group: dict) -> None:
+        where = f"{type(self).__name__}.load_state_dict: parameter {pid}"
+        if not isinstance(st, Mapping):
+            raise ValueError(f"{where}: state is a {type(st).__name__}, expected a dict of tensors")
+        meta = torch.empty(tuple(p.shape), dtype=torch.float32 if torch.is_complex(p) else p.dtype, device="meta")
+        expected = {k: v for k, v in self._init_state(meta, group).items() if isinstance(v, Tensor)}
+        allowed = set(expected) | {"step", "kahan_comp"}
+        unknown = sorted(str(k) for k in st if k not in allowed)
+        if unknown:
+            raise ValueError(f"{where}: state key {unknown[0]!r} is not {type(self).__name__}'s (it keeps "
+                             f"{sorted(expected)} with these settings): a state dict of another optimizer?")
+        for k in expected:
+            if k not in st and k not in self._lazy_keys(group):
+                raise ValueError(f"{where}: state key {k!r} is missing")
+        for k, v in st.items():
+            if k == "step":
+                step = float(v) if isinstance(v, (Tensor, int, float)) and not isinstance(v, bool) \
+                    and (not isinstance(v, Tensor) or v.numel() == 1) else None
+                if step is None or not math.isfinite(step) or step < 0:
+                    raise ValueError(f"{where}: state key 'step' is {v!r}, expected a count >= 0")
+                continue
+            if not isinstance(v, Tensor):
+                raise ValueError(f"{where}: state key {k!r} is {type(v).__name__}, expected a tensor")
+            want = tuple(expected[k].shape) if k in expected else tuple(p.shape)
+            if tuple(v.shape) != want:
+                raise ValueError(f"{where}: state key {k!r} has shape {list(v.shape)}, expected {list(want)}")
 
     def _state_dtype(self, key: str, value: Tensor, p: Tensor) -> torch.dtype:
         if not value.is_floating_point():
@@ -260,15 +360,20 @@ class AdamlabOptimizer(Optimizer):
         tensors or their storage change (cheap identity checks, so it can never go stale silently)."""
         plans = self.__dict__.setdefault("_plans", {})
         plan = plans.get(id(group))
-        if plan is not None and plan.matches(group, params, self.state):
+        lazy = self._lazy_keys(group)
+        if plan is not None and plan.matches(group, params, self.state) and all(k in plan.states[0] for k in lazy):
             return plan
         name = type(self).__name__
         for p in params:
             if torch.is_complex(p):
                 raise RuntimeError(f"{name} does not support complex parameters")
-            if not self.state[p]:
-                self.state[p] = self._new_state(p, group)
-            self._settle(p, self.state[p])
+            st = self.state[p]
+            if not st:
+                self.state[p] = st = self._new_state(p, group)
+            elif any(k not in st for k in lazy):
+                fresh = self._new_state(p, group)
+                st.update({k: v for k, v in fresh.items() if k in lazy and k not in st}, step=fresh["step"])
+            self._settle(p, st)
         plan = plans[id(group)] = _Plan(self, group, params)
         return plan
 
@@ -284,11 +389,13 @@ class AdamlabOptimizer(Optimizer):
         for g in grads:  # every step (gradients are new tensors each step), before any state is created
             if g.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        settings = _plain(group)  # (tensor or numpy hyperparameters as numbers)
+        self._validate(settings)  # a group edited since the last step is checked again, before anything changes
         plan = self._plan(group, params)
-        extra = self._prepare(group, params, grads)
+        extra = self._prepare(settings, params, grads)
         if plan.sharded:  # the rule runs on the local shards
             grads = [_dist.local(g if not _dist.is_dtensor(p) else _local_grad(g, p)) for p, g in zip(params, grads)]
-        c = self._constants(group)
+        c = self._constants(settings)
         plan.steps.add_(1)  # every parameter's ``step`` is a 0-d view into this one tensor
         values = plan.steps.tolist()
         uniform = values.count(values[0]) == len(values)
@@ -303,7 +410,7 @@ class AdamlabOptimizer(Optimizer):
                     by_step[v].append(j)
                 buckets = list(by_step.items())
             for step, sub in buckets:
-                s = dict(self._scalars(group, int(step)))
+                s = dict(self._scalars(settings, int(step)))
                 s.update(extra)
                 self._run(part, sub, grads, s, c)
 
@@ -402,6 +509,27 @@ class AdamlabOptimizer(Optimizer):
             if part is not None:
                 part.runner = runner
         runner.run(type(self), c, self.lowp.mode, gs, s)
+
+
+def _plain(group: dict) -> dict:
+    """``group``, with hyperparameters given as 1-element tensors or numpy numbers (betas too) as Python numbers;
+    ``group`` itself when there are none."""
+    out = None
+    for k, v in group.items():
+        if k == "params":
+            continue
+        if isinstance(v, (tuple, list)) and any(isinstance(b, (Tensor, np.generic)) for b in v):
+            new = type(v)(float(b) if isinstance(b, (Tensor, np.generic)) else b for b in v)
+        elif isinstance(v, Tensor) and v.numel() == 1 and not v.dtype == torch.bool:
+            new = float(v)
+        elif isinstance(v, np.generic) and not isinstance(v, np.bool_):
+            new = v.item()
+        else:
+            continue
+        if out is None:
+            out = dict(group)
+        out[k] = new
+    return group if out is None else out
 
 
 def _local_grad(g: Tensor, p: Tensor) -> Tensor:
@@ -507,8 +635,14 @@ class _Plan:
 
 # ---------------------------------------------------------------------- argument checks
 def check_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-            isinstance(value, Tensor) and value.numel() == 1):
+    """A real number (a Python or numpy number, or a tensor of one element) as a float."""
+    if isinstance(value, Tensor) or isinstance(value, np.ndarray):
+        if value.dtype == torch.bool or getattr(value.dtype, "kind", "") == "b" or (
+                isinstance(value, Tensor) and value.is_complex()):
+            raise TypeError(f"{name} must be a real number, got a {value.dtype} tensor")
+        if value.numel() != 1 if isinstance(value, Tensor) else value.size != 1:
+            raise ValueError(f"Invalid {name}: a tensor of {tuple(value.shape)} (expected one number)")
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
     if math.isnan(v):

@@ -105,6 +105,11 @@ class _TensorOps:
         return x.clone()
 
     @staticmethod
+    def clamp_max(x, a):
+        """``min(x, a)`` for a number ``a`` (a NaN stays NaN)."""
+        return torch.clamp(x, max=a)
+
+    @staticmethod
     def axpy(x, y, a):
         """``x + a * y`` as a new tensor."""
         return x.add(y, alpha=a) if _is_num(a) else x + y * a
@@ -152,6 +157,10 @@ class _TensorOps:
     @staticmethod
     def maximum_(x, y):
         return torch.maximum(x, y, out=x) if not torch.compiler.is_compiling() else x.copy_(torch.maximum(x, y))
+
+    @staticmethod
+    def clamp_max_(x, a):
+        return x.clamp_(max=a)
 
     @staticmethod
     def axpy_(x, y, a):
@@ -235,6 +244,10 @@ class _ForeachOps:
         return [t.clone() for t in x]
 
     @staticmethod
+    def clamp_max(x, a):
+        return torch._foreach_clamp_max(x, a)
+
+    @staticmethod
     def axpy(x, y, a):
         if _is_num(a):
             return torch._foreach_add(x, y, alpha=a)
@@ -306,6 +319,11 @@ class _ForeachOps:
     @staticmethod
     def maximum_(x, y):
         torch._foreach_maximum_(x, y)
+        return x
+
+    @staticmethod
+    def clamp_max_(x, a):
+        torch._foreach_clamp_max_(x, a)
         return x
 
     @staticmethod

@@ -42,6 +42,10 @@ class Adam(AdamlabOptimizer):
         >>> opt = Adam(torch.nn.Linear(4, 1).parameters(), lr=1e-3, amsgrad=True)
     """
 
+    #: Adam and AdamW keep their own decoupling through load_state_dict (an Adam state dict loads into AdamW as
+    #: AdamW, as in torch.optim, and the other way round)
+    _kept_on_load = ("decoupled_weight_decay",)
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False, amsgrad: bool = False,
                  initial_accumulator_value: float = 0.0, maximize: bool = False, **impl):

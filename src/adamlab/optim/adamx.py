@@ -3,6 +3,8 @@ so that late training becomes momentum SGD with a fixed preconditioner."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._base import AdamlabOptimizer, check_common
@@ -18,7 +20,12 @@ def adamx_betas(beta1: float, beta2: float, step: int) -> tuple[float, float]:
     """
     t = float(step)  # the reference reads the step from a float tensor with .item()
     beta1_t = (beta1 - beta1 ** t) / (1 - beta1 ** t)
-    beta2_t = (1 - beta2 ** ((1 - beta2) * (t - 1))) / (1 - beta2 ** ((1 - beta2) * t))
+    den = 1 - beta2 ** ((1 - beta2) * t)
+    if den != 0:
+        beta2_t = (1 - beta2 ** ((1 - beta2) * (t - 1))) / den
+    else:  # β2 so close to 1 that β2^((1−β2)t) rounds to 1 (the reference divides 0 by 0): the same ratio as
+        a = (1 - beta2) * math.log(beta2)  # expm1((t−1)a) / expm1(ta), → (t−1)/t as β2 → 1
+        beta2_t = math.expm1((t - 1) * a) / math.expm1(t * a)
     return beta1_t, beta2_t
 
 
@@ -50,6 +57,8 @@ class AdamX(AdamlabOptimizer):
     * ``maximize`` is added. The reference takes and silently ignores any ``**kwargs``; adamlab raises
       :class:`TypeError` on unknown keyword arguments.
     * The reference's betas may be tensors; adamlab takes numbers (the betas enter only per-step scalars).
+    * β2 so close to 1 that β2^((1−β2)t) rounds to 1 (1 − 1e-9, say): the reference divides 0 by 0 at the first
+      step; adamlab computes the same β2,t as expm1((t−1)a)/expm1(ta) with a = (1−β2)·ln β2.
 
     Example::
 

@@ -21,14 +21,18 @@ def alpha_schedule(step: int, alpha: float, warmup: float | None) -> float:
 
 
 def _half_life(beta: float) -> float:
-    return math.log(0.5) / math.log(beta + 1e-8) - 1
+    # the reference's ln(β + 1e-8) keeps β = 0 finite; for β within 1e-8 of 1 it is ln of 1 or more (a division by
+    # zero, or a negative half-life): there ln β itself, negative for every β < 1
+    return math.log(0.5) / (math.log(beta + 1e-8) if beta + 1e-8 < 1 else math.log(beta)) - 1
 
 
 def beta3_schedule(step: int, beta1: float, beta3: float, warmup: float | None) -> float:
-    """β3_t, linear in the half-life f(β) = ln 0.5 / ln(β + 1e-8) − 1 from f(β1) to f(β3) while t < T_β3."""
+    """β3_t, linear in the half-life f(β) = ln 0.5 / ln(β + 1e-8) − 1 from f(β1) to f(β3) while t < T_β3; always
+    in [0, 1)."""
     if warmup is not None and step < warmup:
         a = step / float(warmup)
-        return math.pow(0.5, 1 / ((1.0 - a) * _half_life(beta1) + a * _half_life(beta3) + 1))
+        b = math.pow(0.5, 1 / ((1.0 - a) * _half_life(beta1) + a * _half_life(beta3) + 1))
+        return b if b < 1 else max(beta1, beta3)  # half-lives so long that 0.5^(1/f) rounds to 1
     return beta3
 
 
@@ -64,6 +68,8 @@ class AdEMAMix(AdamlabOptimizer):
       ``beta3_warmup, alpha_warmup``); pass them by keyword. ``maximize`` is added.
     * The warmups must be positive numbers or ``None`` (the reference accepts 0 or negative values, which it
       treats as no warmup).
+    * With ``beta3_warmup`` and β1 or β3 within 1e-8 of 1, the reference's half-life ln 0.5 / ln(β + 1e-8) divides
+      by zero or turns negative (β3_t above 1); adamlab takes ln β there, and keeps β3_t below 1.
     * With β1 = 0 the reference stores ``exp_avg_fast = None`` in the state; adamlab stores no entry, so the
       state holds tensors only.
     * Defaults are the reference class's: α = 2. Other ports' defaults, not adopted: α = 5 (optax

@@ -18,7 +18,9 @@ opaque op.
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -90,16 +92,18 @@ def _slot_mean(buf: Tensor, count: Tensor) -> Tensor:
 
 def _offer(buf: Tensor, prio: Tensor, count: Tensor, value: Tensor, priority: Tensor) -> None:
     """Offer ``value`` with ``priority``: fill the next empty slot; once full, replace the first slot of lowest
-    priority if ``priority`` is strictly higher, else discard (the reference's ``argmin`` and ``>``)."""
+    priority if ``priority`` is strictly higher, else discard (the reference's ``argmin`` and ``>``). A priority
+    that is not finite (a NaN or Inf in the gradient) makes no offer: stored, it could never be replaced."""
     full = count >= buf.shape[0]
     slot = torch.where(full, torch.argmin(prio), count).reshape(1)
     new = priority.to(device=prio.device, dtype=prio.dtype).reshape(1)
     old = prio.index_select(0, slot)
-    accept = (new > old) | ~full
+    finite = torch.isfinite(new)
+    accept = ((new > old) | ~full) & finite
     row = torch.where(accept.reshape((1,) * buf.dim()), value.unsqueeze(0).to(buf.dtype), buf.index_select(0, slot))
     buf.index_copy_(0, slot, row)
     prio.index_copy_(0, slot, torch.where(accept, new, old))
-    count.add_((~full).to(count.dtype))
+    count.add_((~full & finite.reshape(())).to(count.dtype))
 
 
 def _opaque_offer(buf: Tensor) -> bool:
@@ -192,7 +196,7 @@ class _SlotOffers:
         full = count >= self.size
         slot = torch.where(full, prio.argmin(1), count)
         old = prio.gather(1, slot.unsqueeze(1)).squeeze(1)
-        accept = (new > old) | ~full
+        accept = ((new > old) | ~full) & torch.isfinite(new)  # (as :func:`_offer`)
         code = torch.where(accept, torch.where(full, 1, 2), 0)
         stored = prio.scatter(1, slot.unsqueeze(1), torch.where(accept, new, old).unsqueeze(1))
         torch._foreach_copy_(self.prios, list(stored.unbind(0)))
@@ -233,7 +237,7 @@ def _offer_op(buf: Tensor, prio: Tensor, count: Tensor, m: Tensor, g: Tensor, fi
     else:
         slot = filled
     new = float(priority.to(dtype=prio.dtype))
-    if full and not new > pr[slot]:
+    if not math.isfinite(new) or full and not new > pr[slot]:
         return  # discarded: the buffer, its priorities and its count stay
     buf.select(0, slot).copy_(g if first is not None and float(first) > 0 else m)
     prio.select(0, slot).fill_(new)
@@ -277,8 +281,9 @@ class _CriticalBase(AdamlabOptimizer):
     def _validate(self, group):
         check_common(group, n_betas=2)
         size = group["buffer_size"]
-        if isinstance(size, bool) or not isinstance(size, int):
+        if isinstance(size, (bool, np.bool_)) or not isinstance(size, numbers.Integral):
             raise TypeError(f"buffer_size must be an int, got {type(size).__name__}")
+        group["buffer_size"] = size = int(size)
         if size < 1:
             raise ValueError(f"Invalid buffer_size: {size!r} (expected an int >= 1)")
         check_range("priority_decay", group["priority_decay"], 0.0, 1.0)

@@ -10,6 +10,8 @@ from ._base import AdamlabOptimizer, check_bool, check_common
 
 __all__ = ["EXAdam"]
 
+_BIG = 1e38  # above it, v/(v+ε) = 1 in float32 and float64 alike (below float32's and bfloat16's largest value)
+
 _SQRT_2 = math.sqrt(2.0)
 
 
@@ -42,6 +44,10 @@ class EXAdam(AdamlabOptimizer):
     * v1 and v2 are one class here: ``dynamic_step_size=False`` (default) is the current code (v2),
       ``True`` is the February 2025 code (v1). A revision of the reference file that uses ``np`` without
       importing numpy fails to construct; adamlab implements the documented maths of each version.
+    * Where v or m² reach 1e38 (float32 overflow: a gradient of 1e25, or 1e20 with β2 = 0) the ratios
+      v/(v+ε) and m²/(m²+ε) are 1, their limit; the reference computes inf/inf = NaN there, where Adam's step
+      is finite. Below 1e38 the rounding is the reference's. (A gradient so large that g/(1−β1) itself overflows,
+      within a factor 10 of the dtype's largest number, still makes the step inf/inf.)
     * ``maximize`` is added (the reference has none). The state names are ``exp_avg`` / ``exp_avg_sq``
       (the reference's ``m`` / ``v``), as in :class:`~adamlab.Adam`, so ``state_dtype`` policies carry over.
     * The reference's docstring calls ``weight_decay`` an "L2 penalty", but its code (and adamlab) decays the
@@ -90,8 +96,11 @@ class EXAdam(AdamlabOptimizer):
             o.axpy_(p, p, s["neg_lr_wd"])  # θ + (−ηλ)·θ, the reference's rounding
         m = o.axpy_(o.mul_(st["exp_avg"], s["beta1"]), g, s["one_minus_beta1"])
         v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g, g, s["one_minus_beta2"])
-        d1 = o.add_(o.mul_(o.div(v, o.add(v, s["eps"])), s["beta2_t"]), 1.0)
-        m_sq = o.mul(m, m)
+        # v/(v+ε) and m²/(m²+ε) are 1 for v, m² of 1e38 or more (inf/inf would be NaN where Adam's step is finite;
+        # below that, the reference's rounding)
+        v_c = o.clamp_max(v, _BIG)
+        d1 = o.add_(o.mul_(o.div(v_c, o.add(v_c, s["eps"])), s["beta2_t"]), 1.0)
+        m_sq = o.clamp_max_(o.mul(m, m), _BIG)
         d2 = o.add_(o.mul_(o.div(m_sq, o.add(m_sq, s["eps"])), s["beta1_t"]), 1.0)
         m_tilde = o.mul_(o.div(m, s["bc1"]), d1)
         v_tilde = o.mul_(o.div(v, s["bc2"]), d2)

@@ -52,6 +52,9 @@ class SGD(AdamlabOptimizer):
             return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
         return {}
 
+    def _lazy_keys(self, group):
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
     def _constants(self, group):
         return dict(maximize=group["maximize"], l2=group["weight_decay"] != 0,
                     momentum=group["momentum"] != 0, nesterov=group["nesterov"])

@@ -1,0 +1,195 @@
+"""Bad numbers: non-finite gradients, betas at the edge of their range, extreme gradients. Each test names the
+defect it guards against; each failed on the code before its fix."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import adamlab
+from adamlab.optim._compiled import SMALL_NUMEL
+from conftest import PATH_IDS, PATHS
+from trajectory import make_params
+
+# (AdamCM unsynced and AdamCG synced: the settings test_critical compiles; AdamCM synced: the default)
+CRITICAL = [(adamlab.AdamCM, dict(buffer_size=3, synced=False, weight_decay=0.1, maximize=True)),
+            (adamlab.AdamCG, dict(buffer_size=3, synced=True, weight_decay=0.1, aggregation="mid")),
+            (adamlab.AdamCM, dict(buffer_size=3))]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("cls,kw", CRITICAL, ids=["CM", "CG-synced", "CM-synced"])
+def test_a_non_finite_priority_makes_no_offer(cls, kw, path, bad):
+    """One NaN (or Inf) gradient element: that step makes no offer where its priority is not finite (the whole group
+    when synced), no stored priority is ever non-finite, and the buffers keep taking offers. Before, the NaN
+    priority was stored (in every tensor's buffer when synced) and, as argmin's pick, could never be replaced."""
+    shapes = ((5, 3), (SMALL_NUMEL + 7,), (2, 2, 3))  # a big tensor: the compiled step's offers before its graphs
+    ps = make_params(0, shapes=shapes)
+    opt = cls(ps, lr=0.05, **kw, **path)
+    synced = kw.get("synced", True)
+    gen = torch.Generator().manual_seed(0)  # one bad batch, then good ones (gradients that do not read θ, whose
+    for p in ps:  # element the bad one poisoned, as in torch.optim)
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+    ps[0].grad[0, 0] = bad
+    opt.step()
+    for i, p in enumerate(ps):
+        st = opt.state[p]
+        assert torch.isfinite(st["priorities"]).all()
+        assert int(st["count"]) == (0 if synced or i == 0 else 1), i
+    replaced = 0
+    for t in range(1, 8):
+        before = opt.state[ps[1]]["buffer"].clone()
+        full = int(opt.state[ps[1]]["count"]) == 3
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * (1 + t % 3)
+        opt.step()
+        replaced += full and not torch.equal(before, opt.state[ps[1]]["buffer"])
+    for p in ps:
+        assert torch.isfinite(opt.state[p]["priorities"]).all()
+        assert int(opt.state[p]["count"]) == 3
+    assert replaced > 0  # the full buffer still takes better offers
+    for p in ps[1:]:  # the bad element poisons its own tensor's element only
+        assert torch.isfinite(p).all() and torch.isfinite(opt.state[p]["buffer"]).all()
+
+
+NEAR_ONE = [1 - 1e-9, 1 - 1e-12, 1 - 1e-15, math.nextafter(1.0, 0.0)]
+
+
+@pytest.mark.parametrize("beta2", NEAR_ONE)
+def test_adamx_beta2_next_to_1_steps(beta2):
+    """AdamX with β2 = 1 − 1e-9 divided 0 by 0 at the first step (ZeroDivisionError)."""
+    from adamlab.optim.adamx import adamx_betas
+
+    p = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    opt = adamlab.AdamX([p], betas=(0.9, beta2))
+    for t in range(1, 6):
+        p.grad = torch.full_like(p, 0.5)
+        opt.step()
+        b1, b2 = adamx_betas(0.9, beta2, t)
+        assert 0 <= b2 < 1 and b2 == pytest.approx((t - 1) / t, rel=1e-6)  # the limit as β2 → 1
+    assert torch.isfinite(p).all() and not torch.equal(p, torch.ones(3, dtype=torch.float64))
+
+
+def test_adamx_beta2_schedule_is_the_reference_on_ordinary_betas():
+    from adamlab.optim.adamx import adamx_betas
+
+    for beta2 in (0.0, 0.5, 0.99, 0.999):
+        for t in (1, 2, 10):
+            ref = (1 - beta2 ** ((1 - beta2) * (t - 1))) / (1 - beta2 ** ((1 - beta2) * t))
+            assert adamx_betas(0.9, beta2, t)[1] == ref
+
+
+@pytest.mark.parametrize("which", ["beta1", "beta3"])
+@pytest.mark.parametrize("beta", NEAR_ONE)
+def test_ademamix_warmup_with_betas_next_to_1(which, beta):
+    """AdEMAMix's β3 warmup with β1 or β3 within 1e-8 of 1 divided by zero, or scheduled β3 above 1."""
+    from adamlab.optim.ademamix import beta3_schedule
+
+    b1, b3 = (beta, 0.9999) if which == "beta1" else (0.9, beta)
+    p = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    opt = adamlab.AdEMAMix([p], betas=(b1, 0.999, b3), beta3_warmup=10, alpha_warmup=10)
+    for t in range(1, 12):
+        assert 0 <= beta3_schedule(t, b1, b3, 10) < 1
+        p.grad = torch.full_like(p, 0.5)
+        opt.step()
+    assert torch.isfinite(p).all()
+
+
+def test_ademamix_warmup_is_the_reference_on_ordinary_betas():
+    from adamlab.optim.ademamix import beta3_schedule
+
+    def ref(step, b1, b3, warmup):
+        f = lambda b: math.log(0.5) / math.log(b + 1e-8) - 1  # noqa: E731
+        a = step / float(warmup)
+        return math.pow(0.5, 1 / ((1.0 - a) * f(b1) + a * f(b3) + 1))
+
+    for b1, b3 in ((0.9, 0.9999), (0.0, 0.999), (0.5, 0.99)):
+        for t in (1, 5, 9):
+            assert beta3_schedule(t, b1, b3, 10) == ref(t, b1, b3, 10)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("g,beta2", [(1e25, 0.999), (1e20, 0.0), (1e36, 0.9)])
+def test_exadam_is_finite_where_adam_is(path, g, beta2):
+    """A finite float32 gradient of 1e25 (1e20 with β2 = 0) gave NaN parameters (v/(v+ε) = inf/inf) where Adam's
+    stayed finite. After every step, wherever Adam's parameter is finite, EXAdam's is."""
+    ps = {cls: torch.linspace(-1, 1, 64, dtype=torch.float32).requires_grad_() for cls in (adamlab.Adam, adamlab.EXAdam)}
+    opts = {cls: cls([p], lr=1e-3, betas=(0.9, beta2), **path) for cls, p in ps.items()}
+    for t, sign in enumerate((1, -1, 1)):
+        for cls, p in ps.items():
+            p.grad = torch.full_like(p, sign * g)
+            opts[cls].step()
+        adam_ok = torch.isfinite(ps[adamlab.Adam].detach())
+        assert t > 0 or adam_ok.all()
+        assert torch.isfinite(ps[adamlab.EXAdam].detach())[adam_ok].all()
+        if not adam_ok.all():
+            break
+
+
+# ---------------------------------------------------------------------- arguments
+NAMES = adamlab.list_optimizers()
+
+
+@pytest.mark.parametrize("path", PATHS[:2], ids=PATH_IDS[:2])
+@pytest.mark.parametrize("lr", [torch.tensor([[0.01]]), torch.tensor([0.01]), torch.tensor(0.01)],
+                         ids=["1x1", "1", "0d"])
+@pytest.mark.parametrize("name", NAMES)
+def test_a_one_element_tensor_lr_is_the_number(name, lr, path):
+    """An lr of shape [1, 1] failed in every optimizer (broadcast to [1, 10]); of shape [1], AdamW's multi-tensor
+    path failed (scalar tensor expected to be 0 dim)."""
+    a, b = torch.linspace(-1, 1, 10, dtype=torch.float64), torch.linspace(-1, 1, 10, dtype=torch.float64)
+    a.requires_grad_(), b.requires_grad_()
+    oa = adamlab.create_optimizer(name, [a], lr=lr, **path)
+    ob = adamlab.create_optimizer(name, [b], lr=float(lr), **path)  # (a float32 0.01 as a number)
+    for t in range(3):
+        a.grad, b.grad = torch.cos(a.detach() + t), torch.cos(b.detach() + t)
+        oa.step()
+        ob.step()
+    assert a.shape == (10,) and torch.equal(a, b)
+
+
+def test_numpy_numbers_and_tensor_betas_are_accepted():
+    import numpy as np
+
+    p = torch.ones(4, requires_grad=True)
+    p.grad = torch.ones(4)
+    adamlab.AdamCM([p], lr=np.float32(0.01), buffer_size=np.int64(3)).step()
+    adamlab.Adam([p], betas=(torch.tensor([0.9]), torch.tensor([[0.99]]))).step()
+    adamlab.create_optimizer("adam", [p], beta1=np.float64(0.8)).step()
+    assert torch.isfinite(p).all()
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(lr=torch.tensor([0.1, 0.2])), ValueError, "lr"),
+    (dict(lr=torch.tensor(True)), TypeError, "lr"),
+    (dict(beta1="x"), TypeError, "beta1"),
+    (dict(state_dtype={"exp_avgg": torch.bfloat16}), ValueError, "exp_avgg"),
+])
+def test_bad_arguments_name_themselves(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        adamlab.create_optimizer("adam", [torch.ones(3, requires_grad=True)], **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_parameters_are_refused_up_front(name, dtype):
+    """Integer or bool parameters were accepted and failed at the first step (lerp_kernel_scalar ... 'Long')."""
+    with pytest.raises(TypeError, match="floating-point"):
+        adamlab.create_optimizer(name, [torch.zeros(3, dtype=dtype)])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_edited_param_group_is_checked_at_the_next_step(name):
+    """Param-group edits were not re-validated (a negative lr stepped)."""
+    p = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    opt = adamlab.create_optimizer(name, [p], lr=0.01)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    before = p.detach().clone()
+    opt.param_groups[0]["lr"] = -0.5
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
