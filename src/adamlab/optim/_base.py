@@ -326,12 +326,16 @@ class AdamlabOptimizer(Optimizer):
     def _new_state(self, p: Tensor, group: dict) -> dict[str, Tensor]:
         """A new parameter's state; for a DTensor parameter made on its local shard, then laid out like it."""
         sharding = _dist.sharding_of(p)
-        lp = _dist.local(p)
+        lp = _stepped(p)
         st: dict[str, Tensor] = {"step": torch.tensor(0.0, dtype=torch.float32)}
         for k, v in self._init_state(lp, group).items():
             st[k] = v.to(self._state_dtype(k, v, lp)) if isinstance(v, Tensor) else v
         if self.lowp.mode == "kahan" and p.dtype in (torch.bfloat16, torch.float16):
             st["kahan_comp"] = torch.zeros_like(lp, memory_format=torch.preserve_format)
+        if torch.is_complex(p):  # stored complex, as torch.optim stores it; stepped as its real view
+            for k, v in st.items():
+                if isinstance(v, Tensor) and k != "step" and self._layout(k) is not None:
+                    st[k] = torch.view_as_complex(v)
         if sharding is not None:
             self._settle_state(st)
             for k, v in st.items():
@@ -365,8 +369,8 @@ class AdamlabOptimizer(Optimizer):
             return plan
         name = type(self).__name__
         for p in params:
-            if torch.is_complex(p):
-                raise RuntimeError(f"{name} does not support complex parameters")
+            if torch.is_complex(p) and _dist.is_dtensor(p):
+                raise RuntimeError(f"{name} does not support complex DTensor parameters")
             st = self.state[p]
             if not st:
                 self.state[p] = st = self._new_state(p, group)
@@ -393,8 +397,8 @@ class AdamlabOptimizer(Optimizer):
         self._validate(settings)  # a group edited since the last step is checked again, before anything changes
         plan = self._plan(group, params)
         extra = self._prepare(settings, params, grads)
-        if plan.sharded:  # the rule runs on the local shards
-            grads = [_dist.local(g if not _dist.is_dtensor(p) else _local_grad(g, p)) for p, g in zip(params, grads)]
+        if plan.sharded or plan.complex:  # the rule steps the local shards, complex tensors as their real views
+            grads = [_stepped(g if not _dist.is_dtensor(p) else _local_grad(g, p)) for p, g in zip(params, grads)]
         c = self._constants(settings)
         plan.steps.add_(1)  # every parameter's ``step`` is a 0-d view into this one tensor
         values = plan.steps.tolist()
@@ -511,6 +515,13 @@ class AdamlabOptimizer(Optimizer):
         runner.run(type(self), c, self.lowp.mode, gs, s)
 
 
+def _stepped(t: Tensor) -> Tensor:
+    """What a step updates for a parameter or state tensor ``t``: its local shard (a DTensor's), as its real view
+    when complex (``torch.view_as_real``, as torch.optim does: complex maths as two real numbers)."""
+    t = _dist.local(t)
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
 def _plain(group: dict) -> dict:
     """``group``, with hyperparameters given as 1-element tensors or numpy numbers (betas too) as Python numbers;
     ``group`` itself when there are none."""
@@ -592,7 +603,7 @@ class _Part:
 class _Plan:
     """A param group's parameters with gradients, their state, and their (device, dtype) parts."""
 
-    __slots__ = ("group", "params", "states", "sig", "steps", "parts", "sharded")
+    __slots__ = ("group", "params", "states", "sig", "steps", "parts", "sharded", "complex")
 
     def __init__(self, opt: "AdamlabOptimizer", group: dict, params: list[Tensor]) -> None:
         self.group = group
@@ -606,13 +617,14 @@ class _Plan:
         self.sig = self._signature(params, self.states)
         shardings = [_dist.sharding_of(p) for p in params]
         self.sharded = any(sh is not None for sh in shardings)
-        local = _dist.local
+        self.complex = any(torch.is_complex(p) for p in params)
+        local = _stepped
         by_kind: dict[tuple, list[int]] = defaultdict(list)
         for i, (p, st, sh) in enumerate(zip(params, self.states, shardings)):
-            by_kind[(local(p).device, p.dtype, tuple(k for k in st if k != "step"),
+            by_kind[(local(p).device, local(p).dtype, tuple(k for k in st if k != "step"),
                      None if sh is None else sh.key)].append(i)
         self.parts = [_Part(group, idx, [local(params[i]) for i in idx],
-                            [self.states[i] if shardings[i] is None else
+                            [self.states[i] if shardings[i] is None and not torch.is_complex(params[i]) else
                              {k: local(v) if isinstance(v, Tensor) else v for k, v in self.states[i].items()}
                              for i in idx],
                             sum(_dist.numel(params[i]) for i in idx), shardings[idx[0]])
