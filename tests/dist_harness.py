@@ -147,6 +147,34 @@ def _reference(sc: dict, steps: int):
     return _full(model, opt)
 
 
+def _plain_state(sc: dict, rank: int, world: int) -> dict:
+    """A single-process run saved at step K (``state_dict()``: plain tensors) loads into the sharded optimizer,
+    which continues to STEPS; its state dict loads back into a plain optimizer. Both against the one-process run."""
+    import copy
+
+    plain = _model()
+    ref_opt = _optimizer(sc, plain)
+    _train(sc, plain, ref_opt, 0, 1, 0, K)
+    saved, weights = copy.deepcopy(ref_opt.state_dict()), copy.deepcopy(plain.state_dict())
+    _train(sc, plain, ref_opt, 0, 1, K, STEPS)
+    ref = _full(plain, ref_opt)
+    model = _model(seed=7)
+    model.load_state_dict(weights)
+    model = _wrap(sc, model, world)
+    opt = _optimizer(sc, model)
+    opt.load_state_dict(saved)
+    _train(sc, model, opt, rank, world, K, STEPS)
+    sharded = _full(model, opt)
+    back = _model(seed=7)
+    back.load_state_dict(sharded_weights := {n: v for n, v in sharded.items() if "/" not in n})
+    back_opt = _optimizer(sc, back)
+    back_opt.load_state_dict(opt.state_dict())
+    kinds = _state_kinds(back_opt)
+    return {"id": sc["id"], "err": _compare(sharded, ref)[0], "missing": _compare(sharded, ref)[1],
+            "back": _compare(_full(back, back_opt), sharded)[0], "back_kinds": kinds,
+            "digest": _digest(sharded_weights)}
+
+
 def _priority(sc: dict, world: int, rank: int):
     """The synced priority of the first step, (under the wrap, single process): Σ of the gradients' 2-norms."""
     import torch
@@ -272,6 +300,8 @@ def _dcp_load(model, opt, path):
 def run_scenario(sc: dict, rank: int, world: int, out: Path, refs: dict) -> dict:
 
     kind = sc.get("kind", "train")
+    if kind == "plain":  # a one-process state dict (plain tensors) into the sharded optimizer, and back
+        return _plain_state(sc, rank, world)
     if kind == "priority":
         got, plain, by_hand = _priority(sc, world, rank)
         return {"id": sc["id"], "priority": got, "single": plain, "by_hand": by_hand}

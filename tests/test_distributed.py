@@ -52,6 +52,8 @@ TRAIN = _train_specs()
 ROUNDTRIP = [dict(id=f"fsdp-roundtrip-{name}", name=name, kw=SETTINGS[name][-1], path={}, mode="fsdp",
                   kind="roundtrip") for name in NAMES]
 PRIORITY = [dict(id="fsdp-priority", name="adamcm", kw={}, path={}, mode="fsdp", kind="priority")]
+PLAIN = [dict(id=f"fsdp-plain-state-{name}", name=name, kw=SETTINGS[name][-1], path={}, mode="fsdp", kind="plain")
+         for name in ("adam", "adamcm", "coupledadam")]
 LOAD_ON_2 = _checkpoints("load", 1)
 LOAD_ON_1 = _checkpoints("load", 2)
 
@@ -60,7 +62,7 @@ LOAD_ON_1 = _checkpoints("load", 2)
 def runs(tmp_path_factory) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("dist")
     out = launch(1, _checkpoints("save", 1), root / "one")
-    out += launch(2, TRAIN + ROUNDTRIP + PRIORITY + LOAD_ON_2 + _checkpoints("save", 2), root / "two")
+    out += launch(2, TRAIN + ROUNDTRIP + PRIORITY + PLAIN + LOAD_ON_2 + _checkpoints("save", 2), root / "two")
     out += launch(1, LOAD_ON_1, root / "three")
     return {r["id"]: r for r in out}
 
@@ -123,3 +125,10 @@ def test_checkpoint_in_the_same_layout_continues_bit_for_bit(runs, sc):
     assert r["err"] < TOL
 
 
+@pytest.mark.parametrize("sc", PLAIN, ids=[s["id"] for s in PLAIN])
+def test_a_plain_state_dict_loads_into_the_sharded_optimizer_and_back(runs, sc):
+    """load_state_dict lays out a one-process (plain) state for DTensor parameters, and gathers a sharded one for
+    plain parameters."""
+    r = _ok(runs[sc["id"]])
+    assert r["missing"] == [] and r["err"] < TOL and r["back"] < TOL
+    assert all(":Tensor:None" in k for k in r["back_kinds"])
