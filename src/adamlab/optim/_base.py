@@ -384,7 +384,7 @@ class AdamlabOptimizer(Optimizer):
     # under the user's own torch.compile a step breaks the graph here and runs as it does outside: dynamo does not
     # keep the per-group plans across its traces (every step would rebuild them), and it cannot trace the chunks'
     # own compiled graphs (the compiled path fell back to the multi-tensor one)
-    @torch.compiler.disable(recursive=True)
+    @_compiled.graph_break
     def _step_group(self, group: dict) -> None:
         params = [p for p in group["params"] if p.grad is not None]
         if not params:

@@ -65,6 +65,22 @@ _SERIAL_OPTIONS = {"cpp.threads": 1, "size_asserts": False, "emulate_precision_c
 SMALL_NUMEL = 1 << 15
 
 
+def graph_break(fn: Callable) -> Callable:
+    """``fn``, run eagerly as a graph break when dynamo traces a call to it (``torch.compiler.disable(fn,
+    recursive=True)``), without importing dynamo when ``fn`` is decorated: ``torch.compiler.disable`` imports
+    dynamo, inductor and sympy at once (about a second), which ``import adamlab`` must not pay. torch's own lazy form
+    (the one ``torch.optim`` decorates its methods with, which imports dynamo at the first call) is used where this
+    torch has it; else the public call."""
+    lazy = getattr(torch, "_disable_dynamo", None)
+    if LAZY_GRAPH_BREAK and callable(lazy):
+        return lazy(fn, recursive=True)
+    return torch.compiler.disable(fn, recursive=True)
+
+
+#: :func:`graph_break` through torch's lazy ``_disable_dynamo`` (False: the public ``torch.compiler.disable``)
+LAZY_GRAPH_BREAK = True
+
+
 def is_compiler_failure(err: Exception) -> bool:
     mods = {type(e).__module__ for e in (err, err.__cause__, err.__context__) if e is not None}
     return any(m.startswith(("torch._dynamo", "torch._inductor")) for m in mods)
