@@ -55,6 +55,46 @@ def test_a_non_finite_priority_makes_no_offer(cls, kw, path, bad):
         assert torch.isfinite(p).all() and torch.isfinite(opt.state[p]["buffer"]).all()
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("name,path", [pytest.param(n, p, id=f"{n}-{i}") for n in adamlab.list_optimizers()
+                                       for p, i in zip(PATHS, PATH_IDS)
+                                       if n == "coupledadam" or i != "compiled"])  # (compiled: the reduction)
+def test_a_non_finite_gradient_element_poisons_that_element_only(name, path, bad):
+    """One NaN (or Inf) gradient element, then good steps: every other element of every parameter stays finite and
+    keeps moving, as in torch.optim. Before, Coupled Adam's mean over the vocabulary carried a NaN to the whole
+    column (every row of that embedding dimension NaN for good)."""
+    shapes = ((6, 4), (5,))
+    ps = make_params(0, shapes=shapes)
+    opt = adamlab.create_optimizer(name, [{"params": ps[:1]}, {"params": ps[1:]}], lr=0.01, **path)
+    gen = torch.Generator().manual_seed(1)
+    for t in range(5):
+        before = [p.detach().clone() for p in ps]
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        if t == 1:
+            ps[0].grad[2, 1] = bad
+        opt.step()
+    others = torch.ones(6, 4, dtype=torch.bool)
+    others[2, 1] = False
+    assert torch.isfinite(ps[0][others]).all() and torch.isfinite(ps[1]).all()
+    assert (ps[0][others] != before[0][others]).all() and (ps[1] != before[1]).all()
+
+
+def test_finite_mean_is_the_mean_on_finite_input():
+    """The guarded mean changes nothing on finite input (the reference's rounding), and averages the finite
+    elements of a column that holds a non-finite one (NaN where a column has none)."""
+    from adamlab.optim._ops import finite_mean
+
+    x = torch.randn(7, 5, dtype=torch.float64)
+    assert torch.equal(finite_mean(x, 0), torch.mean(x, 0))
+    x[3, 1], x[0, 4], x[:, 2] = math.nan, math.inf, math.nan
+    m = finite_mean(x, 0)
+    assert torch.equal(m[[0, 3]], torch.mean(x[:, [0, 3]], 0))
+    assert torch.allclose(m[1], x[[0, 1, 2, 4, 5, 6], 1].mean(), rtol=1e-15)
+    assert torch.allclose(m[4], x[1:, 4].mean(), rtol=1e-15)
+    assert torch.isnan(m[2])
+
+
 NEAR_ONE = [1 - 1e-9, 1 - 1e-12, 1 - 1e-15, math.nextafter(1.0, 0.0)]
 
 
@@ -193,3 +233,48 @@ def test_an_edited_param_group_is_checked_at_the_next_step(name):
     with pytest.raises(ValueError, match="lr"):
         opt.step()
     assert torch.equal(p.detach(), before)
+
+
+def test_sharded_mean_over_rows_of_two_ranks_skips_non_finite_elements():
+    """The sharded form of the guarded mean (FSDP2's rows split over ranks; here two threads exchange what the two
+    ranks' all-reduces would): a NaN or Inf in one rank's rows leaves the other elements of its column averaged, as
+    one process averages them; finite columns are the plain mean, and both ranks take the second collective alike."""
+    import threading
+
+    from torch.distributed.tensor import Shard
+
+    from adamlab.optim import _dist
+    from adamlab.optim._ops import finite_mean
+
+    x = torch.randn(7, 5, dtype=torch.float64)
+    x[1, 2], x[5, 4] = math.nan, math.inf
+    rows = [x[:4], x[4:]]
+    barrier, slots, calls = threading.Barrier(2), [None, None], [0, 0]
+
+    class TwoRanks(_dist.Sharding):
+        def __init__(self, rank):
+            self.rank, self.shape, self.placements = rank, tuple(x.shape), (Shard(0),)
+
+        def _all_reduce(self, t, mesh_dims):
+            calls[self.rank] += 1
+            slots[self.rank] = t.clone()
+            barrier.wait()
+            t.copy_(slots[0] + slots[1])
+            barrier.wait()
+            return t
+
+    out = [None, None]
+
+    def rank(r):
+        out[r] = TwoRanks(r).means([rows[r]], 0)[0]
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert calls == [2, 2]
+    want = finite_mean(x, 0)
+    for got in out:
+        assert torch.isfinite(got).all()
+        assert torch.allclose(got, want, rtol=1e-14, atol=0)

@@ -126,8 +126,9 @@ class _TensorOps:
 
     @staticmethod
     def mean(x, dim):
-        """The mean over ``dim`` (a reduction over the tensor: where a sharded parameter would all-reduce)."""
-        return torch.mean(x, dim=dim)
+        """The mean over ``dim`` (a reduction over the tensor: where a sharded parameter would all-reduce), of the
+        finite elements only where ``dim`` holds a non-finite one (see :func:`finite_mean`)."""
+        return finite_mean(x, dim)
 
     # -- in place ----------------------------------------------------------------------------------
     @staticmethod
@@ -413,10 +414,23 @@ class _CompiledOps(_TensorOps):
         return x.lerp_(y, w)
 
 
+def finite_mean(x: Tensor, dim: int) -> Tensor:
+    """``torch.mean(x, dim)``; where that mean is not finite, the mean of the finite elements along ``dim``
+    instead (NaN where there are none). A NaN or Inf gradient element thus poisons its own element and state only,
+    as in ``torch.optim``, not every other element it is averaged with (Coupled Adam's second moment is one mean per
+    column). Finite input costs one more look at the means (a host sync on an accelerator), nothing else."""
+    m = torch.mean(x, dim=dim)
+    bad = ~torch.isfinite(m)
+    if bool(bad.any()):
+        ok = torch.isfinite(x)
+        m = torch.where(bad, torch.where(ok, x, 0).sum(dim) / ok.sum(dim), m)
+    return m
+
+
 @torch.library.custom_op("adamlab::mean0", mutates_args=())
 def _mean0(x: Tensor) -> Tensor:
-    """``torch.mean(x, dim=0)``, opaque to the compiler (see :meth:`_CompiledOps.mean`)."""
-    return torch.mean(x, dim=0)
+    """:func:`finite_mean` over dim 0, opaque to the compiler (see :meth:`_CompiledOps.mean`)."""
+    return finite_mean(x, 0)
 
 
 @_mean0.register_fake
