@@ -31,6 +31,7 @@ are views into one tensor, so a step increments and reads them all in two operat
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import os
@@ -122,6 +123,9 @@ class AdamlabOptimizer(Optimizer):
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of tensors, of dicts or of (name, tensor) pairs, "
                             "not a single tensor")
+        # the settings are checked before the parameters are looked at, as torch.optim checks them: a bad
+        # hyperparameter is a ValueError naming it, whatever ``params`` holds
+        self._validate({**defaults, "params": []})
         super().__init__(params, defaults)
         self._check_state_dtype_names()
 
@@ -205,9 +209,18 @@ class AdamlabOptimizer(Optimizer):
         self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("state_dtype", {})
         self.__dict__.setdefault("lowp", LowPrecision("nearest"))
+        missing = self._missing_group_defaults()
         for group in self.param_groups:
-            for k, v in self.defaults.items():
+            for k, v in missing.items():
                 group.setdefault(k, v)
+
+    def _missing_group_defaults(self) -> dict[str, Any]:
+        """What a setting missing from a saved param group (an older state dict, or torch.optim's without
+        adamlab's extra settings) means: the class's default for it, which behaves as before the setting existed
+        (``maximize`` False, ...), as torch.optim's classes fill it; not what this optimizer was made with."""
+        sig = inspect.signature(type(self).__init__).parameters
+        return {k: sig[k].default if k in sig and sig[k].default is not inspect.Parameter.empty else v
+                for k, v in self.defaults.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load state exactly: every state tensor keeps its saved dtype (torch would cast it to the parameter's),
@@ -260,7 +273,7 @@ class AdamlabOptimizer(Optimizer):
             if not isinstance(saved, Mapping) or len(saved.get("params", ())) != len(ours["params"]):
                 raise ValueError(f"{name}.load_state_dict: param group {gi} saved with another number of "
                                  "parameters")
-            group = {**self.defaults, **saved, "params": ours["params"]}
+            group = {**self._missing_group_defaults(), **saved, "params": ours["params"]}
             group.update({k: ours[k] for k in self._kept_on_load if k in ours})
             try:
                 self._validate(group)
