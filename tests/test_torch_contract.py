@@ -39,9 +39,6 @@ import inspect
 import io
 import os
 import pickle
-import sys
-import types
-import unittest
 
 import pytest
 import torch
@@ -60,17 +57,9 @@ from adamlab.optim import _base
 def _import_torch_optim_db():
     """``torch.testing._internal.common_optimizers``, imported without leaving its side effects behind.
 
-    Its ``common_utils`` needs the ``expecttest`` package (a dependency of torch's own test suite, not of the
-    wheel) only for the base class of torch's ``TestCase``, which this module does not use: where it is missing a
-    stand-in is used for the import and removed again. The import also freezes ``torch.backends`` flags and wraps
-    TorchScript calls for the whole process; both are put back."""
-    stub = None
-    try:
-        import expecttest  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("expecttest")
-        stub.TestCase, stub.ACCEPT = unittest.TestCase, False
-        sys.modules["expecttest"] = stub
+    Its ``common_utils`` needs the ``expecttest`` package (a dependency of torch's own test suite, in the ``test``
+    extra). The import also freezes ``torch.backends`` flags and wraps TorchScript calls for the whole process;
+    both are put back."""
     backends = torch.backends.flags_frozen.__globals__  # (torch.backends is a wrapper of that module)
     flag = backends.get("__allow_nonbracketed_mutation_flag")
     script_calls = (torch._C.ScriptFunction.__call__, torch._C.ScriptMethod.__call__)
@@ -83,8 +72,6 @@ def _import_torch_optim_db():
             "(torch.testing._internal.common_optimizers: optim_db, OptimizerErrorEnum), which could not be "
             f"imported with torch {torch.__version__}: {type(err).__name__}: {err}") from err
     finally:
-        if stub is not None and sys.modules.get("expecttest") is stub:
-            del sys.modules["expecttest"]
         if flag is not None:
             backends["__allow_nonbracketed_mutation_flag"] = flag
         torch._C.ScriptFunction.__call__, torch._C.ScriptMethod.__call__ = script_calls

@@ -153,21 +153,19 @@ class Sharding:
             n = s.numel()
             out.append(packed[at:at + n].view(s.shape).div(counts[j]).to(s.dtype))
             at += n
-        # as _ops.finite_mean: where a global mean is not finite, the mean of the finite elements (every rank sees
-        # the same global means, so every rank takes this branch, and its collective, or none)
-        fix = [j for j, m in enumerate(out) if not bool(torch.isfinite(m).all())]
+        # as _ops.finite_mean: where a global mean is NaN, the mean of the elements that are not NaN (every rank
+        # sees the same global means, so every rank takes this branch, and its collective, or none)
+        fix = [j for j, m in enumerate(out) if bool(torch.isnan(m).any())]
         if fix:
-            oks = [torch.isfinite(xs[j]) for j in fix]
+            oks = [~torch.isnan(xs[j]) for j in fix]
             parts = [torch.where(ok, xs[j], 0).sum(dim=dim).to(dtype) for j, ok in zip(fix, oks)]
             parts += [ok.sum(dim=dim).to(dtype) for ok in oks]
             packed = torch.cat([q.reshape(-1) for q in parts])
             self._all_reduce(packed, mesh_dims)
-            sizes = [q.numel() for q in parts]
-            chunks = list(packed.split(sizes))
+            chunks = packed.split([q.numel() for q in parts])
             for k, j in enumerate(fix):
-                shape = out[j].shape
-                finite = (chunks[k] / chunks[len(fix) + k]).view(shape).to(out[j].dtype)
-                out[j] = torch.where(torch.isfinite(out[j]), out[j], finite)
+                kept = (chunks[k] / chunks[len(fix) + k]).view(out[j].shape).to(out[j].dtype)
+                out[j] = torch.where(torch.isnan(out[j]), kept, out[j])
         return out
 
 

@@ -127,7 +127,7 @@ class _TensorOps:
     @staticmethod
     def mean(x, dim):
         """The mean over ``dim`` (a reduction over the tensor: where a sharded parameter would all-reduce), of the
-        finite elements only where ``dim`` holds a non-finite one (see :func:`finite_mean`)."""
+        elements that are not NaN where ``dim`` holds a NaN (see :func:`finite_mean`)."""
         return finite_mean(x, dim)
 
     # -- in place ----------------------------------------------------------------------------------
@@ -415,15 +415,16 @@ class _CompiledOps(_TensorOps):
 
 
 def finite_mean(x: Tensor, dim: int) -> Tensor:
-    """``torch.mean(x, dim)``; where that mean is not finite, the mean of the finite elements along ``dim``
-    instead (NaN where there are none). A NaN or Inf gradient element thus poisons its own element and state only,
-    as in ``torch.optim``, not every other element it is averaged with (Coupled Adam's second moment is one mean per
-    column). Finite input costs one more look at the means (a host sync on an accelerator), nothing else."""
+    """``torch.mean(x, dim)``; where that mean is NaN, the mean of the elements along ``dim`` that are not NaN
+    (``torch.nanmean``; NaN where all are). A NaN gradient element thus poisons its own element and state only, as
+    in ``torch.optim``, not every element it is averaged with (Coupled Adam's second moment is one mean per column).
+    An Inf stays in the mean, which is then Inf, as the maths says: that column takes no step while it lasts, as
+    Adam's element with an infinite second moment takes none. Finite input costs one more look at the means (a host
+    sync on an accelerator), nothing else."""
     m = torch.mean(x, dim=dim)
-    bad = ~torch.isfinite(m)
+    bad = torch.isnan(m)
     if bool(bad.any()):
-        ok = torch.isfinite(x)
-        m = torch.where(bad, torch.where(ok, x, 0).sum(dim) / ok.sum(dim), m)
+        m = torch.where(bad, torch.nanmean(x, dim=dim), m)
     return m
 
 
