@@ -32,7 +32,8 @@ def launch(world: int, spec: list[dict], out: Path, timeout: float = 900.0) -> l
     spec_file = out / "spec.json"
     spec_file.write_text(json.dumps(spec))
     init = out / f"init-{time.monotonic_ns()}"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     procs = [subprocess.Popen([sys.executable, str(Path(__file__)), str(r), str(world), str(init), str(spec_file),
                                str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(world)]
@@ -44,7 +45,7 @@ def launch(world: int, spec: list[dict], out: Path, timeout: float = 900.0) -> l
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise AssertionError(f"distributed harness ran past {timeout} s")
+            raise AssertionError(f"distributed harness ran past {timeout} s") from None
     for r, (p, log) in enumerate(zip(procs, logs)):
         if p.returncode != 0:
             raise AssertionError(f"rank {r} exited {p.returncode}:\n{log[-4000:]}")

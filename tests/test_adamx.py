@@ -10,6 +10,7 @@ import torch
 import adamlab
 from adamlab import AdamX
 from adamlab.optim.adamx import adamx_betas
+
 from reference.adamnx_ref import RefAdamNX
 from trajectory import fake_grad, make_params, max_rel, resume_matches, run
 

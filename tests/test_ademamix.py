@@ -8,6 +8,7 @@ import torch
 import adamlab
 from adamlab import AdEMAMix
 from adamlab.optim.ademamix import alpha_schedule, beta3_schedule
+
 from reference.ademamix_ref import RefAdEMAMix
 from trajectory import fake_grad, make_params, max_rel, resume_matches, run
 

@@ -7,11 +7,11 @@ handled, and bf16 parameters work.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 import adamlab
+
 from trajectory import fake_grad, make_params, max_rel, resume_matches, run
 
 SETTINGS: dict[str, list[dict]] = {

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import adamlab
+
 from trajectory import max_rel, run
 
 CASES = [

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import adamlab
+
 from conftest import PATH_IDS, PATHS
 
 NAMES = adamlab.list_optimizers()
@@ -22,7 +23,7 @@ def test_a_complex_parameter_is_optimised_as_its_real_view(name, path):
     kw = dict(lr=0.01, **path)
     oz = adamlab.create_optimizer(name, [z], **kw)
     orr = adamlab.create_optimizer(name, [r], **kw)
-    for t in range(4):
+    for _ in range(4):
         gz = torch.randn(5, 3, dtype=torch.complex128, generator=gen)
         z.grad, r.grad = gz, torch.view_as_real(gz).clone()
         oz.step()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import adamlab
+
 from reference_coupled import CoupledAdam as RefCoupledAdam
 from trajectory import fake_grad, make_params, max_rel
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import adamlab
+
 from reference_cm import Adam_C, Adam_CM
 from trajectory import fake_grad, make_params, max_rel
 

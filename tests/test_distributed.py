@@ -8,6 +8,7 @@ import pytest
 import torch.distributed as dist
 
 import adamlab
+
 from dist_harness import launch
 from test_all_optimizers import CASES, IDS, SETTINGS
 

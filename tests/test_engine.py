@@ -6,6 +6,7 @@ import torch
 
 import adamlab
 from adamlab.optim._base import AdamlabOptimizer
+
 from trajectory import fake_grad, make_params, max_rel, run
 
 

@@ -8,6 +8,7 @@ import torch
 
 import adamlab
 from adamlab import EXAdam
+
 from reference.exadam_ref import RefEXAdam
 from trajectory import fake_grad, make_params, max_rel, resume_matches, run
 

@@ -10,6 +10,7 @@ import torch
 
 import adamlab
 from adamlab.optim._compiled import SMALL_NUMEL
+
 from conftest import PATH_IDS, PATHS
 from trajectory import make_params
 
@@ -158,7 +159,8 @@ def test_ademamix_warmup_is_the_reference_on_ordinary_betas():
 def test_exadam_is_finite_where_adam_is(path, g, beta2):
     """A finite float32 gradient of 1e25 (1e20 with β2 = 0) gave NaN parameters (v/(v+ε) = inf/inf) where Adam's
     stayed finite. After every step, wherever Adam's parameter is finite, EXAdam's is."""
-    ps = {cls: torch.linspace(-1, 1, 64, dtype=torch.float32).requires_grad_() for cls in (adamlab.Adam, adamlab.EXAdam)}
+    ps = {cls: torch.linspace(-1, 1, 64, dtype=torch.float32).requires_grad_()
+          for cls in (adamlab.Adam, adamlab.EXAdam)}
     opts = {cls: cls([p], lr=1e-3, betas=(0.9, beta2), **path) for cls, p in ps.items()}
     for t, sign in enumerate((1, -1, 1)):
         for cls, p in ps.items():

@@ -16,13 +16,13 @@ from __future__ import annotations
 import io
 import os
 
-import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_all_optimizers import CASES
 
 import adamlab
+
+from test_all_optimizers import CASES
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=300,
                           suppress_health_check=[HealthCheck.too_slow])

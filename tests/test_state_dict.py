@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import adamlab
+
 from test_all_optimizers import CASES, IDS, make
 from trajectory import fake_grad, make_params
 

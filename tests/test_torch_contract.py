@@ -617,8 +617,8 @@ def test_flags_adamlab_does_not_have(name):
 @pytest.mark.parametrize("name", _cases([(n,) for n in CLASSES], CLASSES,
                                          lambda c: INFOS[c[0]].supports_sparse and SPARSE_REASON))
 def test_sparse_gradients_are_refused_clearly(name):
-    """A sparse gradient: a RuntimeError that says "sparse" (adamlab's names the optimizer too), with parameters and state as they
-    were (torch's SGD and Adagrad take sparse gradients; see SPARSE_REASON)."""
+    """A sparse gradient: a RuntimeError that says "sparse" (adamlab's names the optimizer too), with parameters and
+    state as they were (torch's SGD and Adagrad take sparse gradients; see SPARSE_REASON)."""
     for path in PATHS.values():
         p = Parameter(torch.tensor([1.5, 1.5]))
         opt = _target(name)([p], **_kw(name, 0, **path))

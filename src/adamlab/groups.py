@@ -6,10 +6,10 @@ counted once, and frozen parameters (``requires_grad=False``) are left out. Empt
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
-from typing import Any, Iterable
+from typing import Any
 
-import torch
 from torch import nn
 
 __all__ = ["embedding_parameters", "param_groups_weight_decay", "coupled_param_groups", "coupled_adam"]

@@ -9,8 +9,9 @@ its hyperparameters (learning rate on a log scale, 1 − β on log scales, a wid
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ class Choice:
     values: tuple
 
 
-Spec = Union[LogFloat, OneMinusLog, Float, IntRange, Choice]
+Spec = Union[LogFloat, OneMinusLog, Float, IntRange, Choice]  # noqa: UP007 (a runtime alias, Python 3.10 too)
 
 
 @dataclass(frozen=True)

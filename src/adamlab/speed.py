@@ -29,9 +29,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -85,7 +86,7 @@ def make_adamlab(name: str, params: list[torch.Tensor], path: str, **kw):
 
 def torch_baselines(name: str) -> dict[str, Callable]:
     """``torch.optim`` implementations of the same algorithm (foreach and fused), where torch has it."""
-    O = torch.optim
+    O = torch.optim  # noqa: E741 (short, as the table below reads)
     table: dict[str, tuple[type, dict]] = {
         "sgd": (O.SGD, dict(lr=1e-3)),
         "momentum": (O.SGD, dict(lr=1e-3, momentum=0.9)),
@@ -336,12 +337,12 @@ def table(rows: list[Row]) -> str:
                 _fmt(r.graphs_after_warmup, "d")]
         line += [_fmt(r.vs.get(b), ".2f") for b in bases]
         lines.append(line)
-    widths = [max(len(l[i]) for l in lines if i < len(l) and not l[-1].startswith("error"))
+    widths = [max(len(row[i]) for row in lines if i < len(row) and not row[-1].startswith("error"))
               for i in range(len(head))]
     out = []
-    for l in lines:
-        if len(l) == 4 and l[3].startswith("error"):
-            out.append("  ".join([l[0].ljust(widths[0]), l[1].ljust(widths[1]), l[2].ljust(widths[2]), l[3]]))
+    for row in lines:
+        if len(row) == 4 and row[3].startswith("error"):
+            out.append("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]), row[3]]))
         else:
             out.append("  ".join(c.rjust(wd) if i >= 3 else c.ljust(wd) for i, (c, wd) in enumerate(zip(l, widths))))
     out.insert(1, "-" * len(out[0]))

@@ -4,9 +4,9 @@ from ._base import AdamlabOptimizer, compiler_available
 from ._lowp import state_bytes
 from .adam import Adam, AdamW
 from .adamx import AdamNX, AdamX
+from .ademamix import AdEMAMix
 from .coupled import CoupledAdam
 from .critical import AdamCG, AdamCM
-from .ademamix import AdEMAMix
 from .exadam import EXAdam
 from .sgd import SGD, Adagrad, RMSprop
 

@@ -37,7 +37,8 @@ import numbers
 import os
 import warnings
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,7 +170,7 @@ class AdamlabOptimizer(Optimizer):
         """Put a parameter's state in the form the optimizer steps it in, before a plan is built on it (default:
         nothing to do; AdamCM/AdamCG place their buffers where the compiled step can pass their rows)."""
 
-    def _compiled_hook(self, runner: "_compiled.ChunkRunner") -> Any:
+    def _compiled_hook(self, runner: _compiled.ChunkRunner) -> Any:
         """Per-step work of the compiled path before the chunks' graphs, for an optimizer that needs it (AdamCM's
         buffer offers): an object with ``before(grads, scalars)``, called with the runner's flattened gradients, and
         ``undo(stepped)``, called if a graph then fails, with the tensors (indices in the runner's order) that the
@@ -372,7 +373,7 @@ class AdamlabOptimizer(Optimizer):
                 lead = self._layout(k)
                 st[k] = sharding.wrap(v, lead) if isinstance(v, Tensor) and lead is not None else v
 
-    def _plan(self, group: dict, params: list[Tensor]) -> "_Plan":
+    def _plan(self, group: dict, params: list[Tensor]) -> _Plan:
         """What every step of this group reuses; rebuilt when the parameters with gradients, their state
         tensors or their storage change (cheap identity checks, so it can never go stale silently)."""
         plans = self.__dict__.setdefault("_plans", {})
@@ -431,7 +432,7 @@ class AdamlabOptimizer(Optimizer):
                 s.update(extra)
                 self._run(part, sub, grads, s, c)
 
-    def _run(self, part: "_Part", sub: list[int] | None, grads: list[Tensor], s: dict, c: dict) -> None:
+    def _run(self, part: _Part, sub: list[int] | None, grads: list[Tensor], s: dict, c: dict) -> None:
         rule = type(self)._rule
         lowp = self.lowp
         T, F = part.T, part.F
@@ -488,16 +489,16 @@ class AdamlabOptimizer(Optimizer):
             for p, g, st in zip(ps, gs, sts):
                 lowp.apply(rule, T, p, g, {k: st[k] for k in keys}, s, c)
 
-    def _fusion_pays(self, part: "_Part", s: dict, c: dict) -> bool:
+    def _fusion_pays(self, part: _Part, s: dict, c: dict) -> bool:
         """Whether compiling can beat the multi-tensor path: not when the rule is a single multi-tensor operation
         (plain SGD's ``p += -lr * g`` is already one pass over memory, and the compiled call costs more)."""
         return self._probe(part, s, c).calls > 1
 
-    def _reduces(self, part: "_Part", s: dict, c: dict) -> bool:
+    def _reduces(self, part: _Part, s: dict, c: dict) -> bool:
         """Whether the rule reduces over a tensor's elements (``o.norm``, ``o.mean``) with constants ``c``."""
         return self._probe(part, s, c).reductions > 0
 
-    def _probe(self, part: "_Part", s: dict, c: dict) -> "_CountingOps":
+    def _probe(self, part: _Part, s: dict, c: dict) -> _CountingOps:
         """The operations the rule issues with constants ``c``: counted once per part and constants, by running it on
         2-element scratch tensors."""
         key = tuple(sorted(c.items()))
@@ -514,7 +515,7 @@ class AdamlabOptimizer(Optimizer):
             part.probes[key] = counter
         return counter
 
-    def _run_compiled(self, ps, gs, sts, s, c, keys, dtype, device, part: "_Part | None" = None,
+    def _run_compiled(self, ps, gs, sts, s, c, keys, dtype, device, part: _Part | None = None,
                       group: dict | None = None) -> None:
         """The compiled step of ``ps`` (all compilable); ``part`` caches the flattened tensors across steps."""
         flatten = self._flattens(c)
@@ -591,7 +592,7 @@ class _Part:
                  "fast", "eager", "runner", "probes", "sharding", "T", "F")
 
     def __init__(self, group: dict, idx: list[int], ps: list[Tensor], sts: list[dict], numel: int,
-                 sharding: "_dist.Sharding | None" = None) -> None:
+                 sharding: _dist.Sharding | None = None) -> None:
         """``ps`` and ``sts``: the parameters and their state as the rule sees them (for DTensors, the local
         shards); ``numel``: their elements in all (for DTensors, every shard's, so that every rank takes the same
         path); ``sharding``: how they lie on their mesh (None: plain tensors)."""
@@ -618,7 +619,7 @@ class _Plan:
 
     __slots__ = ("group", "params", "states", "sig", "steps", "parts", "sharded", "complex")
 
-    def __init__(self, opt: "AdamlabOptimizer", group: dict, params: list[Tensor]) -> None:
+    def __init__(self, opt: AdamlabOptimizer, group: dict, params: list[Tensor]) -> None:
         self.group = group
         self.params = params
         self.states = [opt.state[p] for p in params]

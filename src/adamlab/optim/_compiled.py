@@ -32,7 +32,8 @@ traced by dynamo itself), the chunk keeps going through dynamo.
 from __future__ import annotations
 
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,7 +53,7 @@ _PAD_NUMEL = 2  # sizes 0 and 1 are specialised by dynamo; 2 is the smallest gen
 DIRECT = True
 
 _COMPILED: dict[tuple, Callable] = {}
-_GRAPHS: dict[tuple, "_Graphs"] = {}  # per compiled function: the graphs its backend compiled
+_GRAPHS: dict[tuple, _Graphs] = {}  # per compiled function: the graphs its backend compiled
 
 #: Inductor decides at compile time, from the sizes it first sees, which loops run in parallel; one graph serves
 #: every size here, so in the graph for big tensors every loop is parallel (a big tensor never runs on one thread),
@@ -282,8 +283,8 @@ class ChunkRunner:
                                         [], 1, serial))
                 continue
             m = size - (b - a)
-            self.chunks.append((a, b, self.fp[a:b] + pad_p[:m], {k: v[a:b] + pad_st[k][:m] for k, v in self.fst.items()},
-                                pad_g[:m], size, serial))
+            states = {k: v[a:b] + pad_st[k][:m] for k, v in self.fst.items()}
+            self.chunks.append((a, b, self.fp[a:b] + pad_p[:m], states, pad_g[:m], size, serial))
 
     def positions(self) -> list[tuple[dict[str, list], int, int | None, bool]]:
         """Every position of every chunk: (the chunk's state lists, the position in them, the tensor's index in

@@ -47,7 +47,7 @@ def local(t: Tensor) -> Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
-def sharding_of(p: Tensor) -> "Sharding | None":
+def sharding_of(p: Tensor) -> Sharding | None:
     return Sharding(p) if is_dtensor(p) else None
 
 

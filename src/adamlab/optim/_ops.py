@@ -21,8 +21,9 @@ Every in-place operation returns its first argument, so calls can be chained lik
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Number
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -341,7 +341,8 @@ class AdamCM(_CriticalBase):
         &\text{later: } m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t;\quad
             \tilde m_t = m_t + \mathrm{mean}(B);\quad B.\mathrm{offer}(\pi_t, m_t) \\
         &v_t = \beta_2 v_{t-1} + (1-\beta_2)\tilde m_t^2;\quad
-          \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}\,\frac{\tilde m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t}+\epsilon};
+          \theta \leftarrow \theta
+            - \frac{\eta}{1-\beta_1^t}\,\frac{\tilde m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t}+\epsilon};
           \quad \pi_B \leftarrow \gamma\,\pi_B
         \end{aligned}
 
