@@ -161,7 +161,7 @@ _CEILINGS: dict[tuple, Callable] = {}
 
 
 def _rmw_body(xs):
-    k_w = _K_W
+    k_w = _K_W  # noqa: F821 (a global injected per compiled copy of this template)
     acc = xs[0]
     for x in xs[1:]:
         acc = acc + x
@@ -344,7 +344,7 @@ def table(rows: list[Row]) -> str:
         if len(row) == 4 and row[3].startswith("error"):
             out.append("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]), row[3]]))
         else:
-            out.append("  ".join(c.rjust(wd) if i >= 3 else c.ljust(wd) for i, (c, wd) in enumerate(zip(l, widths))))
+            out.append("  ".join(c.rjust(wd) if i >= 3 else c.ljust(wd) for i, (c, wd) in enumerate(zip(row, widths))))
     out.insert(1, "-" * len(out[0]))
     return "\n".join(out)
 

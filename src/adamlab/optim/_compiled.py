@@ -107,10 +107,11 @@ class no_duck_shapes:
 
 
 def _chunk_body(ps, gs, sts, packed, extra):  # the template whose code object is copied per configuration
-    s = {k: packed[i] for i, k in enumerate(_NAMES)}
+    # (_NAMES, _APPLY, _RULE, _OPS, _CONSTS: globals injected into each copy, see compiled_chunk)
+    s = {k: packed[i] for i, k in enumerate(_NAMES)}  # noqa: F821
     s.update(extra)
     for i in range(len(ps)):
-        _APPLY(_RULE, _OPS, ps[i], gs[i], {k: v[i] for k, v in sts.items()}, s, _CONSTS)
+        _APPLY(_RULE, _OPS, ps[i], gs[i], {k: v[i] for k, v in sts.items()}, s, _CONSTS)  # noqa: F821
 
 
 def _key(cls: type, c: dict, mode: str, names: tuple[str, ...], size: int, serial: bool) -> tuple:
