@@ -47,7 +47,7 @@ def test_delete_unfinished_tune_rows_and_meta(tmp_path):
     for t in range(4):
         _add(s, trial=t)
     _add(s, trial=3, phase="final", seed=1000)
-    assert s.delete_tune_runs(task="t", task_hash="h", optimizer="adam", keep_trials={0, 2}) == 2
+    assert s.delete_tune_runs(task="t", task_hash="h", optimizer="adam", drop_trials={1, 3}) == 2
     rows = s.runs(task="t")
     assert sorted((r["phase"], r["trial"]) for r in rows) == [("final", 3), ("tune", 0), ("tune", 2)]
     con = sqlite3.connect(str(tmp_path / "x.db"))  # curves of deleted runs went with them

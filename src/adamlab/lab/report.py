@@ -114,8 +114,9 @@ th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee}.supported{color:
 .notsupported{color:#b00;font-weight:bold}.inconclusive{color:#a60}code{background:#f5f5f5}"""
 
 
-def build_report(out_dir: str) -> str:
-    data = load(out_dir)
+def build_report(out_dir: str, storage: str | None = None) -> str:
+    """Write the report into `out_dir` from its adamlab.db, or from the `--storage` database when given."""
+    data = load(out_dir, storage)
     cfg, tasks, meta = data["config"], data["tasks"], data["meta"]
     tasks = {n: t for n, t in tasks.items() if t.opts}
     board = leaderboard(tasks)
