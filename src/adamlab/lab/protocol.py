@@ -151,8 +151,11 @@ def sweep(storage, study: optuna.Study, opt: str) -> dict[str, list[int]]:
         chain, n = 0, t.number
         while n is not None and n in by_number and chain <= MAX_RETRIES:
             n, chain = by_number[n].user_attrs.get("retry_of"), chain + 1
-        if not names <= point.keys() or chain > MAX_RETRIES:
-            continue  # killed inside suggest: the point was never whole (its index is handed back below)
+        recorded = t.user_attrs.get("default") or "qmc_id" in t.user_attrs
+        if not recorded or not names <= point.keys() or chain > MAX_RETRIES:
+            # killed inside suggest (the point was never whole) or before it recorded its quasi-random index:
+            # that index is handed back below, and the next ask draws the same point again
+            continue
         attrs = {"retry_of": t.number, **{k: t.user_attrs[k] for k in ("default", "qmc_id") if k in t.user_attrs}}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

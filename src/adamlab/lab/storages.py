@@ -180,6 +180,8 @@ class LabRDBStorage(optuna.storages.RDBStorage):
 
     def __init__(self, target: Target, heartbeat: int):
         kwargs: dict = {"pool_pre_ping": True} if target.kind == "rdb" else {"connect_args": {"timeout": 300}}
+        if target.kind == "sqlite":
+            os.makedirs(os.path.dirname(target.lock_file), exist_ok=True)
         with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna 5.1
             warnings.simplefilter("ignore")
             super().__init__(target.optuna_url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
