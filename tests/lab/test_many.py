@@ -89,24 +89,31 @@ def one_process(tmp_path_factory):
     return _screen(text), _audit(f"sqlite:///{out}/adamlab.db")
 
 
-def _stored_tune_rows(url: str) -> int:
-    try:
-        storage = open_storage(url)
-        store = Store(storage.target.store, wal=storage.target.wal)
+class _Rows:
+    """Counts the stored tuning rows (cheaply: one engine, opened once the tables exist)."""
+
+    def __init__(self, url: str):
+        from adamlab.lab.storages import parse
+        self.target, self.store = parse(url), None
+
+    def __call__(self) -> int:
         try:
-            return store.count_runs(phase="tune")
-        finally:
-            store.close()
-    except Exception:  # noqa: BLE001 - not created yet
-        return 0
+            if self.store is None:
+                self.store = Store(self.target.store, wal=self.target.wal)
+            return self.store.count_runs(phase="tune")
+        except Exception:  # noqa: BLE001 - not created yet
+            return 0
 
+    def wait(self, n: int, p) -> None:
+        deadline = time.monotonic() + WAIT
+        while self() < n:
+            assert time.monotonic() < deadline, f"fewer than {n} trials stored in {WAIT} s"
+            assert p.poll() is None, p.communicate()[1]
+            time.sleep(0.25)
 
-def _wait_rows(url: str, n: int, p) -> None:
-    deadline = time.monotonic() + WAIT
-    while _stored_tune_rows(url) < n:
-        assert time.monotonic() < deadline, f"fewer than {n} trials stored in {WAIT} s"
-        assert p.poll() is None, p.communicate()[1]
-        time.sleep(0.1)
+    def close(self):
+        if self.store is not None:
+            self.store.close()
 
 
 @pytest.mark.slow
@@ -114,16 +121,17 @@ def _wait_rows(url: str, n: int, p) -> None:
 def test_two_benches_one_killed_and_restarted_match_one_process(kind, tmp_path, request, one_process):
     url = request.getfixturevalue("pg_url") if kind == "postgresql" else f"journal:{tmp_path}/shared/journal.log"
     extra = ["--storage", url, "--workers", "2", "--heartbeat", "1"]
-    t0 = time.monotonic()
+    t0, rows = time.monotonic(), _Rows(url)
     a = _bench(tmp_path / "a", *extra)  # machine A
     try:
-        _wait_rows(url, 4, a)
+        rows.wait(4, a)
         b = _bench(tmp_path / "b", *extra)  # machine B joins while A runs
         try:
-            _wait_rows(url, 12, a)
+            rows.wait(12, a)
             os.kill(a.pid, signal.SIGKILL)  # A dies with trials running (its workers die with it)
             a.wait(timeout=WAIT)
-            assert _stored_tune_rows(url) < len(TASKS) * len(OPTS) * TRIALS  # killed mid-run
+            assert rows() < len(TASKS) * len(OPTS) * TRIALS  # killed mid-run
+            rows.close()
             a = _bench(tmp_path / "a", *extra)  # ... and is started again, B still running
             text_b = _finish(b)
         finally:
