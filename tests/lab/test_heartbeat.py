@@ -36,7 +36,7 @@ def test_fresh_heartbeat_survives_stale_heartbeat_is_failed_and_requeued(kind, t
     tasks = make_tasks(cfg)
     recover(storage, store, tasks, ["adam"])  # fresh study: the defaults queued as trial 0
     study = load_study(storage, tasks["sharp_flat"], "adam")
-    live, live_params, _ = claim(storage, study, "adam", cfg.trials)  # bench A, alive: heartbeat fresh
+    live, _, _ = claim(storage, study, "adam", cfg.trials)  # bench A, alive: heartbeat fresh
     dead, dead_params, _ = claim(storage, study, "adam", cfg.trials)  # bench A's other worker, dies
     assert live.user_attrs["default"] and dead.user_attrs["qmc_id"] == 0
     _make_stale(storage, dead._trial_id)

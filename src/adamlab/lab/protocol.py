@@ -314,8 +314,8 @@ def tune_job(job: tuple[str, str]) -> dict:
 def final_job(job: tuple[str, str, dict, int, int]) -> dict:
     task_name, opt, params, trial_number, seed = job
     task, store = _CTX["tasks"][task_name], _CTX["store"]
-    key = dict(task=task.name, task_hash=task.hash, optimizer=opt, phase="final", trial=trial_number, seed=seed,
-               params=params)
+    key = {"task": task.name, "task_hash": task.hash, "optimizer": opt, "phase": "final", "trial": trial_number,
+           "seed": seed, "params": params}
     if store.has_run(**key):  # another process ran it meanwhile
         return {"task": task_name, "optimizer": opt, "skipped": True}
     res = execute(task, opt, params, seed, final=True)

@@ -17,7 +17,8 @@ import json
 import math
 import os
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -170,9 +171,7 @@ class Store:
         """Set a meta value; with `keep`, only if the key is not there yet (the first writer wins)."""
         txt = json.dumps(_jsonable(value), sort_keys=True)
         with self._write() as c:
-            if keep:
-                self._insert_ignore(c, lab_meta, [{"key": key, "value": txt}])
-            elif c.execute(sa.update(lab_meta).where(lab_meta.c.key == key).values(value=txt)).rowcount == 0:
+            if keep or c.execute(sa.update(lab_meta).where(lab_meta.c.key == key).values(value=txt)).rowcount == 0:
                 self._insert_ignore(c, lab_meta, [{"key": key, "value": txt}])
 
     def get_meta(self, key: str, default: Any = None) -> Any:
