@@ -71,3 +71,28 @@ def test_a_running_trial_without_heartbeat_after_the_lock_is_dead(tmp_path):
         study.ask()  # ... and the process dies before its first heartbeat
     assert recover(storage, store, tasks, ["adam"])["failed_running"] == 1
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_trial_whose_process_on_this_machine_is_gone_is_dead_at_once(tmp_path):
+    """No grace period to wait out when the owner ran here and its process no longer exists (kill -9 and an
+    immediate restart); an owner that is alive, or on another machine, is left to its heartbeat."""
+    import subprocess
+
+    from adamlab.lab.storages import OWNER_ATTR, owner
+
+    cfg = BenchConfig(out=str(tmp_path / "o"), suite="smoke", tasks=["sharp_flat"], optimizers=["adam"], trials=5,
+                      seeds=2)
+    storage, store = cfg.open()
+    tasks = make_tasks(cfg)
+    recover(storage, store, tasks, ["adam"])
+    study = load_study(storage, tasks["sharp_flat"], "adam")
+    _here, gone, elsewhere = (claim(storage, study, "adam", cfg.trials)[0] for _ in range(3))
+    p = subprocess.Popen(["true"])
+    p.wait()
+    dead_owner = {**owner(), "pid": p.pid, "start": "1"}
+    storage.set_trial_system_attr(gone._trial_id, OWNER_ATTR, dead_owner)
+    storage.set_trial_system_attr(elsewhere._trial_id, OWNER_ATTR, {**dead_owner, "where": "another-machine"})
+    assert recover(storage, store, tasks, ["adam"])["failed_running"] == 1  # heartbeats all fresh
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    store.close()

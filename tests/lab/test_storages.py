@@ -36,7 +36,7 @@ def test_urls_map_to_explicit_drivers_and_the_runs_live_beside_the_studies(tmp_p
     assert t.kind == "journal" and t.store == f"sqlite:///{tmp_path}/j.log.adamlab.db" and not t.wal
     t = parse(f"sqlite:///{tmp_path}/s.db")
     assert t.kind == "sqlite" and t.store == t.optuna_url == f"sqlite:///{tmp_path}/s.db"
-    for bad in ("journal:", "sqlite://", "nosuchdb://x/y"):
+    for bad in ("journal:", "sqlite://", "nosuchdb://x/y", "mssql+pyodbc://bob:pw@h/lab"):
         with pytest.raises(LabError):
             parse(bad)
 

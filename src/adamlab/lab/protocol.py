@@ -33,7 +33,7 @@ import torch
 from optuna.trial import TrialState
 
 from . import space
-from .storages import HEARTBEAT, open_storage
+from .storages import HEARTBEAT, OWNER_ATTR, open_storage, owner
 from .store import Store
 from .suites import suite as get_suite
 from .tasks import DataError, Task, build_task
@@ -278,6 +278,7 @@ def claim(storage, study: optuna.Study, opt: str, trials: int):
         after = _qmc_counter(storage, study)
         if after is not None and after != before:  # this trial drew quasi-random index after[2]: say so
             trial.set_user_attr("qmc_id", after[2])
+        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner())
         storage.record_heartbeat(trial._trial_id)  # before leaving the lock: "no heartbeat" means "died here"
     return trial, params, failed
 

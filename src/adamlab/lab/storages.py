@@ -17,12 +17,13 @@ trial system attribute), and only a trial whose heartbeat is older than the grac
 quasi-random sampler's counter) is one critical section across all processes: `ask_lock()`, a PostgreSQL
 advisory lock, a MySQL named lock, or a POSIX lock on a file beside a SQLite or journal file. Every process
 records its trial's first heartbeat before it leaves that section, so a running trial without a heartbeat
-seen inside it belongs to a process that died there.
+seen inside it belongs to a process that died there. A trial also records its owner (boot id, pid namespace,
+pid and start time): a process on the same machine that is certainly gone is dead at once, without waiting
+for the grace period (a bench killed and restarted at once resumes at once).
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import time
@@ -39,6 +40,8 @@ from .files import LabError
 HEARTBEAT = 10  # seconds between heartbeats; a trial silent for GRACE_FACTOR times that is dead
 GRACE_FACTOR = 3
 HB_ATTR = "adamlab:heartbeat"
+OWNER_ATTR = "adamlab:owner"
+SERVERS = ("postgresql", "mysql", "mariadb")  # servers whose own lock `ServerLock` uses
 LOCK_KEY = 0x6164616D6C6162  # "adamlab": the advisory lock's key
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 warnings.filterwarnings("ignore", message=".*heartbeat_interval.* is an experimental feature")
@@ -109,6 +112,9 @@ def parse(url: str) -> Target:
             raise LabError(f"--storage {mask(url)}: an in-memory database cannot be shared; give a file")
         path = os.path.abspath(u.database)
         return Target("sqlite", url, f"sqlite:///{path}", f"sqlite:///{path}", f"{path}.adamlab.lock")
+    if u.get_backend_name() not in SERVERS:
+        raise LabError(f"--storage: cannot open storage {mask(url)}: adamlab shares studies on PostgreSQL, MySQL, "
+                       f"SQLite or a journal file, not {u.get_backend_name()!r}")
     try:
         dialect = u.get_dialect()
     except Exception:  # noqa: BLE001
@@ -124,6 +130,46 @@ def parse(url: str) -> Target:
     return Target("rdb", url, full, full)
 
 
+# ------------------------------------------------------------------------------------------------ owners
+def _proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (tells a reused pid apart), None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _where() -> str | None:
+    """This boot of this machine and this pid namespace: where a pid means the same process. The environment
+    variable ADAMLAB_MACHINE_ID replaces it (tests: benches on one computer that act as separate machines)."""
+    if os.environ.get("ADAMLAB_MACHINE_ID"):
+        return "id:" + os.environ["ADAMLAB_MACHINE_ID"]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f"{f.read().strip()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def owner() -> dict:
+    """What a trial records about the process running it."""
+    return {"where": _where(), "pid": os.getpid(), "start": _proc_start(os.getpid())}
+
+
+def owner_is_dead(o) -> bool:
+    """True only when certain: the owner ran in this machine's boot and pid namespace and is gone. Anywhere
+    else (another machine), only its heartbeat can tell."""
+    if not isinstance(o, dict) or o.get("where") is None or o.get("where") != _where() or o.get("start") is None:
+        return False
+    return _proc_start(int(o["pid"])) != o["start"]
+
+
+def _dead_owners(trials) -> set[int]:
+    return {t._trial_id for t in trials if owner_is_dead(t.system_attrs.get(OWNER_ATTR))}
+
+
 # ------------------------------------------------------------------------------------------------ locks
 class FileLock:
     """POSIX lock (fcntl.lockf) on a file: released by the kernel when the holder dies; works on NFS."""
@@ -132,11 +178,15 @@ class FileLock:
         self.path, self.fd = path, None
 
     def __enter__(self):
+        import fcntl
+
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         fcntl.lockf(self.fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
+        import fcntl
+
         try:
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
         finally:
@@ -200,8 +250,10 @@ class LabRDBStorage(optuna.storages.RDBStorage):
         return self._lock
 
     def dead_trial_ids(self, study_id: int) -> list[int]:
-        """Running trials whose heartbeat is stale, or that have none (only meaningful inside ask_lock)."""
+        """Running trials whose heartbeat is stale, or that have none (only meaningful inside ask_lock), or
+        whose process on this machine is gone (no need to wait out the grace period)."""
         stale = set(self._get_stale_trial_ids(study_id))
+        stale |= _dead_owners(self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)))
         q = sa.text("SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
                     "WHERE t.study_id = :s AND t.state = 'RUNNING' AND h.trial_id IS NULL")
         with self.engine.connect() as c:
@@ -244,7 +296,7 @@ class LabJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
 
     def dead_trial_ids(self, study_id: int) -> list[int]:
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return sorted(set(self._get_stale_trial_ids(study_id)) |
+        return sorted(set(self._get_stale_trial_ids(study_id)) | _dead_owners(running) |
                       {t._trial_id for t in running if HB_ATTR not in t.system_attrs})
 
 
