@@ -264,7 +264,9 @@ def _run_locked(cfg: BenchConfig, skipped, failed, quiet: bool, log) -> tuple[st
         errors += [r for r in tuned if r.get("error")]
         fjobs = final_jobs(storage, store, tasks, cfg.optimizers, cfg.trials, cfg.seeds)
         n_final = len(tasks) * len(cfg.optimizers) * cfg.seeds
-        bar = Progress("seeds ", n_final, lambda: store.count_runs(phase="final"), quiet, log)
+        bar = Progress("seeds ", n_final, lambda: sum(
+            store.count_runs(phase="final", task=t.name, task_hash=t.hash, optimizer=o)
+            for t in tasks.values() for o in cfg.optimizers), quiet, log)
         try:
             finals = runner.map(final_job, fjobs, bar.update)
         finally:

@@ -229,7 +229,10 @@ class LabRDBStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage with heartbeats, plus the ask lock and the dead-trial test the lab needs."""
 
     def __init__(self, target: Target, heartbeat: int):
-        kwargs: dict = {"pool_pre_ping": True} if target.kind == "rdb" else {"connect_args": {"timeout": 300}}
+        # a server: few connections per process (the trial's thread and its heartbeat thread), so that many
+        # workers on many machines stay within the server's max_connections
+        kwargs: dict = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 4} if target.kind == "rdb" \
+            else {"connect_args": {"timeout": 300}}
         if target.kind == "sqlite":
             os.makedirs(os.path.dirname(target.lock_file), exist_ok=True)
         with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna 5.1

@@ -113,7 +113,7 @@ class Store:
         else:
             target = os.fspath(target)
             if "://" in target and not target.startswith("sqlite"):
-                self.engine = sa.create_engine(target, pool_pre_ping=True, pool_size=2, max_overflow=2)
+                self.engine = sa.create_engine(target, pool_pre_ping=True, pool_size=1, max_overflow=2)
             else:
                 path = target.split(":///", 1)[1] if target.startswith("sqlite") else target
                 self.engine = sqlite_engine(path, wal=wal)
