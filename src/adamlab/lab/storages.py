@@ -206,6 +206,10 @@ class ServerLock:
             self.engine = sa.create_engine(self.url, pool_size=1, max_overflow=0, pool_pre_ping=True)
         self.conn = self.engine.connect()
         if self.engine.dialect.name == "postgresql":
+            # a machine that dies holding the lock (power, network) loses its session, and so the lock, within
+            # about 30 s: the server probes the idle connection (per-session keepalive settings)
+            self.conn.execute(sa.text("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+                                      "SET tcp_keepalives_count = 4"))
             self.conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
         elif self.engine.dialect.name in ("mysql", "mariadb"):
             self.conn.execute(sa.text("SELECT GET_LOCK('adamlab', 86400)"))
@@ -309,7 +313,15 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT):
     try:
         if target.kind == "journal":
             return LabJournalStorage(target, heartbeat)
-        return LabRDBStorage(target, heartbeat)
+        for attempt in range(8):
+            try:
+                return LabRDBStorage(target, heartbeat)
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+                # benches started at once on a fresh database race to create Optuna's tables: one wins, and
+                # the others find them on the next try
+                if attempt == 7:
+                    raise
+                time.sleep(0.25 * (attempt + 1))
     except LabError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure to open is a user error here
