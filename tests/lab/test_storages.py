@@ -150,3 +150,20 @@ def test_pool_workers_killed_while_starting_die_with_the_bench(tmp_path):
         os.kill(k, signal.SIGKILL)
     assert alive == []
     assert _rows(os.path.join(out, "adamlab.db")) == rows_at_kill
+
+
+def test_progress_is_a_few_plain_lines_with_the_study_wide_count_when_not_a_terminal(capsys):
+    from adamlab.lab.bench import Progress
+
+    done = [0]
+    bar = Progress("tuning", 40, lambda: done[0], quiet=False, log=print)
+    for i in range(1000):  # a thousand finished runs, most of them by other machines
+        done[0] = min(40, i // 25)
+        bar.update()
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["adamlab: tuning 0/40 (all machines)", "adamlab: tuning 39/40 (all machines)"]
+    quiet = Progress("tuning", 40, lambda: 40, quiet=True, log=print)
+    quiet.update()
+    quiet.close()
+    assert capsys.readouterr().err == ""
