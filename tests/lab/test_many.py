@@ -118,6 +118,26 @@ class _Rows:
             self.store.close()
 
 
+def _wait_running(url: str, p) -> None:
+    """Until one of p's workers runs a digits_mlp trial (a run long enough for a kill to land inside it)."""
+    from adamlab.lab.storages import OWNER_ATTR
+
+    from .test_storages import _children
+
+    storage = open_storage(url)
+    deadline = time.monotonic() + WAIT
+    while True:
+        assert time.monotonic() < deadline, "no trial of the bench ran in time"
+        assert p.poll() is None, p.communicate()[1]
+        kids = set(_children(p.pid))
+        for s in storage.get_all_studies():
+            if s.study_name.startswith("digits_mlp"):
+                running = storage.get_all_trials(s._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if any((t.system_attrs.get(OWNER_ATTR) or {}).get("pid") in kids for t in running):
+                    return
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["postgresql", "journal"])
 def test_two_benches_one_killed_and_restarted_match_one_process(kind, tmp_path, request, one_process):
@@ -130,10 +150,11 @@ def test_two_benches_one_killed_and_restarted_match_one_process(kind, tmp_path, 
     t0, rows = time.monotonic(), _Rows(url)
     a = _bench(tmp_path / "a", *extra, machine=ids[0])  # machine A
     try:
-        rows.wait(4, a)
+        rows.wait(3, a)
         b = _bench(tmp_path / "b", *extra, machine=ids[1])  # machine B joins while A runs
         try:
-            rows.wait(12, a)
+            rows.wait(6, a)  # digits_mlp goes first (the longest task): most of its trials are still to run
+            _wait_running(url, a)
             os.kill(a.pid, signal.SIGKILL)  # A dies with trials running (its workers die with it)
             a.wait(timeout=WAIT)
             assert rows() < len(TASKS) * len(OPTS) * TRIALS  # killed mid-run
