@@ -88,9 +88,20 @@ def sampler() -> optuna.samplers.BaseSampler:
         return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=0, warn_independent_sampling=False)
 
 
+_STUDIES: dict = {}
+
+
 def load_study(storage, task: Task, opt: str) -> optuna.Study:
-    return optuna.create_study(storage=storage, study_name=study_name(task, opt), direction="minimize",
-                               sampler=sampler(), load_if_exists=True)
+    """The study (created if new), one object per storage and name: the progress line and the tuning loop
+    read every study every few seconds."""
+    key = (id(storage), study_name(task, opt))
+    hit = _STUDIES.get(key)
+    if hit is not None and hit[0] is storage:
+        return hit[1]
+    study = optuna.create_study(storage=storage, study_name=study_name(task, opt), direction="minimize",
+                                sampler=sampler(), load_if_exists=True)
+    _STUDIES[key] = (storage, study)
+    return study
 
 
 def point_rank(t) -> tuple:
