@@ -32,8 +32,12 @@ def _parser() -> argparse.ArgumentParser:
                    "data is present); see `adamlab tasks`")
     b.add_argument("--optimizers", default=None, help="comma-separated registry names (default: all)")
     b.add_argument("--out", default="adamlab-results", help="output folder (report, plots, database)")
-    b.add_argument("--storage", default=None, help="Optuna storage URL for the studies (any URL Optuna accepts); "
-                   "default: sqlite:///OUT/adamlab.db, the same file that holds the run curves")
+    b.add_argument("--storage", default=None, help="where the studies and the runs live, shared by every bench that "
+                   "names it: postgresql://USER:PASSWORD@HOST/DB (pip install \"adamlab[postgres]\"), "
+                   "postgresql+psycopg2://..., sqlite:///PATH (one machine) or journal:PATH (a file on a file system "
+                   "the machines share; runs go to PATH.adamlab.db); default: sqlite:///OUT/adamlab.db")
+    b.add_argument("--heartbeat", type=int, default=10, help="seconds between a running trial's heartbeats; a "
+                   "trial silent for 3 heartbeats is taken as dead and run again")
     b.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="local processes sharing the studies")
     b.add_argument("--threads", type=int, default=1, help="torch threads per worker")
@@ -47,7 +51,10 @@ def _parser() -> argparse.ArgumentParser:
                    "(default OUT/cifar-10) first; the only network access adamlab ever makes")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     r = sub.add_parser("report", help="rebuild report.html and summary.md from a results folder's database")
-    r.add_argument("dir", help="a folder written by `adamlab bench`")
+    r.add_argument("dir", help="a folder written by `adamlab bench`; with --storage, the folder to write the "
+                   "report into")
+    r.add_argument("--storage", default=None, help="read the studies and runs from this storage (the URL the "
+                   "benches were given) instead of DIR/adamlab.db")
     sub.add_parser("tasks", help="list the tasks")
     sub.add_parser("speed", add_help=False, help="time every optimizer step against the memory-bandwidth ceiling, "
                    "torch.optim and pytorch_optimizer (see `adamlab speed --help`)")
@@ -58,16 +65,19 @@ def _split(s: str | None) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()] if s else []
 
 
-def _report(folder: str) -> int:
+def _report(folder: str, storage: str | None = None) -> int:
     """`adamlab report DIR`: rebuild the report, or a one-line error with nothing written."""
     import sqlite3
 
     from adamlab.lab.files import LabError, check_db, writable
     from adamlab.lab.report import build_report
 
+    if storage is not None:
+        return _report_storage(folder, storage)
     db = os.path.join(folder, "adamlab.db")
     if not os.path.isfile(db):
-        raise LabError(f"no adamlab.db in {folder}")
+        raise LabError(f"no adamlab.db in {folder} (for a bench run with --storage URL: adamlab report --storage "
+                       f"URL {folder})")
     if not writable(folder):
         raise LabError(f"{folder}: not writable (the report is written beside adamlab.db)")
     check_db(db, results=True)
@@ -75,6 +85,28 @@ def _report(folder: str) -> int:
         print(build_report(folder))
     except sqlite3.DatabaseError as e:
         raise LabError(f"{db}: damaged database ({e})") from None
+    return 0
+
+
+def _report_storage(folder: str, storage: str) -> int:
+    from adamlab.lab.files import LabError, check_out
+    from adamlab.lab.report import build_report
+    from adamlab.lab.storages import mask, open_storage, scrub
+    from adamlab.lab.store import Store
+
+    check_out(folder)
+    optuna_storage = open_storage(storage)  # LabError (masked) if it cannot be opened
+    try:
+        store = Store(optuna_storage.target.store, wal=optuna_storage.target.wal)
+        has = store.get_meta("config") is not None
+        store.close()
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LabError(scrub(f"--storage {mask(storage)}: cannot read the lab tables: {msg}", storage)) from None
+    if not has:
+        raise LabError(f"--storage {mask(storage)}: no adamlab bench has written there")
+    os.makedirs(folder, exist_ok=True)
+    print(build_report(folder, storage))
     return 0
 
 
@@ -96,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n:<16} {build_task(n, SUITES['default']['tasks'][n]).description}")
             return 0
         if args.command == "report":
-            return _report(args.dir)
+            return _report(args.dir, args.storage)
         from adamlab.lab.bench import run_bench
         from adamlab.lab.files import check_out
         from adamlab.lab.protocol import BenchConfig
@@ -112,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise LabError(f"CIFAR-10 download failed: {e}") from None
         cfg = BenchConfig(out=args.out, suite=args.suite, tasks=_split(args.tasks), optimizers=_split(args.optimizers),
                           trials=args.trials, seeds=args.seeds, storage=args.storage, workers=args.workers,
-                          threads=args.threads, text=args.text, cifar_dir=cifar)
+                          threads=args.threads, text=args.text, cifar_dir=cifar, heartbeat=args.heartbeat)
         _, failed = run_bench(cfg, explicit_tasks=bool(args.tasks), quiet=args.quiet)
         return 1 if failed else 0
     except (LabError, DataError) as e:

@@ -1,7 +1,10 @@
 import math
 import sqlite3
 
-from adamlab.lab.store import Store
+import pytest
+import sqlalchemy as sa
+
+from adamlab.lab.store import SCHEMA_VERSION, SchemaError, Store
 
 
 def _add(store, trial=0, seed=0, params=None, value=1.0, phase="tune"):
@@ -47,7 +50,7 @@ def test_delete_unfinished_tune_rows_and_meta(tmp_path):
     for t in range(4):
         _add(s, trial=t)
     _add(s, trial=3, phase="final", seed=1000)
-    assert s.delete_tune_runs(task="t", task_hash="h", optimizer="adam", keep_trials={0, 2}) == 2
+    assert s.delete_tune_runs(task="t", task_hash="h", optimizer="adam", drop_trials={1, 3}) == 2
     rows = s.runs(task="t")
     assert sorted((r["phase"], r["trial"]) for r in rows) == [("final", 3), ("tune", 0), ("tune", 2)]
     con = sqlite3.connect(str(tmp_path / "x.db"))  # curves of deleted runs went with them
@@ -55,3 +58,33 @@ def test_delete_unfinished_tune_rows_and_meta(tmp_path):
     s.put_meta("config", {"a": [1, 2], "x": float("inf")})
     assert s.get_meta("config") == {"a": [1, 2], "x": None}
     assert s.get_meta("missing", 7) == 7
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_one_run_written_by_two_processes_is_stored_once(kind, tmp_path, request):
+    """Two benches that ran the same final seed at once: two writers, one row (ON CONFLICT DO NOTHING)."""
+    if kind == "sqlite":
+        target = str(tmp_path / "x.db")
+    else:
+        from adamlab.lab.storages import parse
+        target = parse(request.getfixturevalue("pg_url")).store
+    a, b = Store(target), Store(target)  # the second one finds the tables the first made
+    assert _add(a, phase="final", seed=1000) is not None
+    assert _add(b, phase="final", seed=1000) is None
+    assert len(a.runs(task="t")) == 1 and a.count_runs(phase="final") == 1
+    assert a.get_meta("schema_version") == SCHEMA_VERSION
+    b.put_meta("step_times/t", {"adam": 1.0}, keep=True)
+    a.put_meta("step_times/t", {"adam": 2.0}, keep=True)  # the first writer's numbers stay
+    assert b.get_meta("step_times/t") == {"adam": 1.0}
+    a.close()
+    b.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    Store(str(tmp_path / "x.db")).close()
+    eng = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with eng.begin() as c:
+        c.execute(sa.text("UPDATE lab_meta SET value = :v WHERE key = 'schema_version'"), {"v": str(SCHEMA_VERSION + 1)})
+    eng.dispose()
+    with pytest.raises(SchemaError):
+        Store(str(tmp_path / "x.db"))

@@ -75,26 +75,51 @@ def _median_or_inf(xs: list[float]) -> float:
     return float(median(xs))
 
 
-def _complete_trials(cfg: dict, name: str, task_hash: str, opt: str) -> set[int] | None:
-    """Trial numbers Optuna calls COMPLETE, or None when the storage cannot be opened (then trust the rows)."""
+def _complete_trials(storage, name: str, task_hash: str, opt: str) -> set[int] | None:
+    """Trial numbers Optuna calls COMPLETE, or None when the storage cannot be read (then trust the rows)."""
+    if storage is None:
+        return None
     try:
         import optuna
         from optuna.trial import TrialState
 
-        url = cfg.get("storage") or f"sqlite:///{os.path.abspath(cfg['_db'])}"
-        study = optuna.load_study(study_name=f"{name}@{task_hash}/{opt}", storage=url)
+        study = optuna.load_study(study_name=f"{name}@{task_hash}/{opt}", storage=storage)
         return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     except Exception:  # noqa: BLE001
         return None
 
 
-def load(out_dir: str) -> dict:
-    db = os.path.join(out_dir, "adamlab.db")
-    if not os.path.isfile(db):
-        raise FileNotFoundError(f"no adamlab.db in {out_dir}")
-    store = Store(db)
+def point_rank(row: dict) -> tuple:
+    """Ties of the tuning value are broken by the point, not by the trial number (which a retry changes when
+    several processes share a study): the registry default first, then the quasi-random sequence."""
+    ex = row.get("extra") or {}
+    if ex.get("default"):
+        return (-1, row["trial"])
+    return (ex["qmc_id"], row["trial"]) if ex.get("qmc_id") is not None else (1 << 30, row["trial"])
+
+
+def _open_optuna(url: str | None):
+    try:
+        from .storages import open_storage
+        return open_storage(url)
+    except Exception:  # noqa: BLE001 - the report works from the rows alone
+        return None
+
+
+def load(out_dir: str, storage: str | None = None) -> dict:
+    """Everything the report needs, from `out_dir`/adamlab.db or, with `storage` (a --storage URL), from
+    that storage's database: the same numbers on every machine."""
+    if storage is None:
+        db = os.path.join(out_dir, "adamlab.db")
+        if not os.path.isfile(db):
+            raise FileNotFoundError(f"no adamlab.db in {out_dir}")
+        store, optuna_url = Store(db), f"sqlite:///{os.path.abspath(db)}"
+    else:
+        from .storages import parse
+        t = parse(storage)
+        store, optuna_url = Store(t.store, wal=t.wal), storage
+    opt_storage = _open_optuna(optuna_url)
     cfg = store.get_meta("config") or {}
-    cfg["_db"] = db
     task_meta = store.get_meta("tasks") or {}
     trials = int(cfg.get("trials", 0)) or None
     tasks: dict[str, TaskResult] = {}
@@ -104,13 +129,13 @@ def load(out_dir: str) -> dict:
         for opt in cfg.get("optimizers", []):
             rows = store.runs(task=name, task_hash=tm["hash"], optimizer=opt)
             tune = sorted((r for r in rows if r["phase"] == "tune"), key=lambda r: r["trial"])
-            ok = _complete_trials(cfg, name, tm["hash"], opt)
+            ok = _complete_trials(opt_storage, name, tm["hash"], opt)
             if ok is not None:
                 tune = [r for r in tune if r["trial"] in ok]
-            tune = tune[:trials]
+            tune = sorted(tune, key=point_rank)[:trials]
             if not tune:
                 continue
-            best = min(tune, key=lambda r: (r["value"], r["trial"]))
+            best = min(tune, key=lambda r: (r["value"], point_rank(r)))
             finals = [r for r in rows if r["phase"] == "final" and r["trial"] == best["trial"]]
             if not finals:
                 continue
@@ -122,18 +147,11 @@ def load(out_dir: str) -> dict:
             steps = max(steps, max(r["steps"] or 0 for r in finals))
         tasks[name] = TaskResult(name, tm["description"], tm["family"], tm["has_accuracy"], steps, opts)
         tasks[name].micro = store.get_meta(f"step_times/{name}@{tm['hash']}") or {}
+    meta = {k: store.get_meta(k) for k in ("skipped", "failed", "spaces", "elapsed")}
     store.close()
     for t in tasks.values():
         _summarise(t)
-    return {"config": cfg, "tasks": tasks, "meta": _meta(db)}
-
-
-def _meta(db: str) -> dict:
-    s = Store(db)
-    try:
-        return {k: s.get_meta(k) for k in ("skipped", "failed", "spaces", "elapsed")}
-    finally:
-        s.close()
+    return {"config": cfg, "tasks": tasks, "meta": meta}
 
 
 def _summarise(t: TaskResult) -> None:

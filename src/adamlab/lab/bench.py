@@ -8,8 +8,20 @@ from dataclasses import asdict
 
 from . import space
 from .files import LabError, check_db, check_out
-from .protocol import (BenchConfig, Runner, final_job, final_jobs, make_tasks, open_storage, recover, tune_job,
-                       tuning_jobs)
+from .protocol import (
+    BenchConfig,
+    Runner,
+    best_trial,
+    final_job,
+    final_jobs,
+    load_study,
+    make_tasks,
+    recover,
+    sweep,
+    tune_job,
+    tuning_state,
+)
+from .storages import mask
 from .store import Store
 from .suites import SUITES
 from .tasks import TASK_NAMES, DataError
@@ -44,7 +56,10 @@ def resolve(cfg: BenchConfig, explicit_tasks: bool) -> tuple[BenchConfig, dict[s
                          "trials": cfg.trials or s["trials"], "seeds": cfg.seeds or s["seeds"]})
     if cfg.trials < 1 or cfg.seeds < 2:
         raise LabError("--trials must be >= 1 and --seeds >= 2 (a confidence interval needs two seeds)")
-    check_db(cfg.db_path, results=False)  # the run tables live there whatever --storage says
+    if cfg.heartbeat < 1:
+        raise LabError(f"--heartbeat {cfg.heartbeat}: must be at least 1 (seconds)")
+    if cfg.storage is None:
+        check_db(cfg.db_path, results=False)
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
     for name, task in make_tasks(cfg).items():
@@ -65,14 +80,117 @@ def resolve(cfg: BenchConfig, explicit_tasks: bool) -> tuple[BenchConfig, dict[s
     return cfg, skipped, failed
 
 
-def check_storage(url: str, user_given: bool):
+def open_backend(cfg: BenchConfig):
+    """(Optuna storage, Store), opened and read once: LabError (one line, credentials masked) if it fails."""
+    from .storages import scrub
+
+    storage = None
     try:
-        storage = open_storage(url)
+        storage, store = cfg.open()
         storage.get_all_studies()
-        return storage
+        store.get_meta("schema_version")
+        return storage, store
+    except LabError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure to open is a user error here
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LabError(f"{'--storage: ' if user_given else ''}cannot open storage {url!r}: {msg}") from None
+        where = mask(cfg.storage_url)
+        raise LabError(scrub(f"{'--storage: ' if cfg.storage else ''}cannot open storage {where}: {msg}",
+                             cfg.storage_url)) from None
+
+
+class OutLock:
+    """An exclusive lock on `--out` (fcntl.flock on OUT/.adamlab.lock) for the bench's whole life: a second
+    bench on the same folder refuses at once. The kernel drops it when the process dies."""
+
+    def __init__(self, out: str):
+        self.path, self.fd = os.path.join(out, ".adamlab.lock"), None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise LabError(f"--out {os.path.dirname(self.path) or '.'}: another adamlab bench is using this folder; "
+                           "wait for it to finish, or give this one another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Progress:
+    """One line per machine with the study-wide count (every process's finished trials or runs, read from the
+    storage at most every few seconds): a tqdm bar on a terminal, a plain line a minute otherwise."""
+
+    def __init__(self, desc: str, total: int, count, quiet: bool, log):
+        self.desc, self.total, self.count, self.log = desc, total, count, log
+        self.last_read = self.last_line = 0.0
+        self.bar = None
+        self.off = quiet
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True, smoothing=0.05)
+        self.update(force=True)
+
+    def update(self, _result=None, force: bool = False) -> None:
+        if self.off:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_read < 2.0:
+            return
+        self.last_read = now
+        n = min(self.total, self.count())
+        if self.bar is not None:
+            self.bar.n = n
+            self.bar.refresh()
+        elif force or now - self.last_line >= 60.0:
+            self.last_line = now
+            print(f"adamlab: {self.desc.strip()} {n}/{self.total} (all machines)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.off:
+            self.last_line = 0.0
+            self.update(force=True)
+        if self.bar is not None:
+            self.bar.close()
+
+
+def tune(cfg: BenchConfig, runner: Runner, storage, store: Store, tasks, quiet: bool, log) -> list[dict]:
+    """Tune until every study has `trials` complete trials, whoever runs them: claim what is free; when all
+    that is left runs in other processes, wait (and sweep: a dead process's trials come back here)."""
+    total = len(tasks) * len(cfg.optimizers) * cfg.trials
+    results: list[dict] = []
+    bar = Progress("tuning", total, lambda: tuning_state(storage, tasks, cfg.optimizers, cfg.trials)[1], quiet, log)
+    try:
+        while True:
+            jobs, done = tuning_state(storage, tasks, cfg.optimizers, cfg.trials)
+            if done >= total:
+                break
+            if jobs:
+                results += runner.map(tune_job, jobs, bar.update)
+                continue
+            time.sleep(min(5.0, cfg.heartbeat))  # the rest runs elsewhere: wait, then look for dead workers
+            bar.update()
+            for task in tasks.values():
+                for opt in cfg.optimizers:
+                    study = load_study(storage, task, opt)
+                    with storage.ask_lock():
+                        failed = sweep(storage, study, opt)["failed"]
+                    if failed:
+                        store.delete_tune_runs(task=task.name, task_hash=task.hash, optimizer=opt,
+                                               drop_trials=set(failed))
+    finally:
+        bar.close()
+    return results
 
 
 def measure_step_times(cfg: BenchConfig, storage, store: Store, tasks, quiet: bool) -> None:
@@ -80,11 +198,11 @@ def measure_step_times(cfg: BenchConfig, storage, store: Store, tasks, quiet: bo
     import torch
     from tqdm import tqdm
 
-    from .protocol import completed_trials, load_study
+    from .protocol import completed_trials
     from .timing import step_times
 
     torch.set_num_threads(max(1, cfg.threads))
-    for task in tqdm(list(tasks.values()), desc="timing", unit="task", disable=quiet):
+    for task in tqdm(list(tasks.values()), desc="timing", unit="task", disable=quiet or not sys.stderr.isatty()):
         key = f"step_times/{task.name}@{task.hash}"
         have = store.get_meta(key) or {}
         if all(o in have for o in cfg.optimizers):
@@ -93,11 +211,11 @@ def measure_step_times(cfg: BenchConfig, storage, store: Store, tasks, quiet: bo
         for o in cfg.optimizers:
             done = completed_trials(load_study(storage, task, o), cfg.trials)
             if done:
-                best[o] = space.params_from_optuna(o, min(done, key=lambda t: (t.value, t.number)).params)
-        try:
-            store.put_meta(key, step_times(task, best))
+                best[o] = space.params_from_optuna(o, best_trial(done).params)
+        try:  # the first machine's timings are kept: every machine's report shows the same numbers
+            store.put_meta(key, step_times(task, best), keep=not have)
         except (ValueError, RuntimeError, TypeError) as e:  # recorded, the report falls back to run timings
-            store.put_meta(key, {"error": str(e)[:300]})
+            store.put_meta(key, {"error": str(e)[:300]}, keep=not have)
 
 
 def estimate_seconds(cfg: BenchConfig, tasks) -> float:
@@ -109,22 +227,27 @@ def run_bench(cfg: BenchConfig, *, explicit_tasks: bool = False, quiet: bool = F
               warn=lambda msg: print(msg, file=sys.stderr)) -> tuple[str, dict[str, str]]:
     """Run the bench and write the report. Returns the screen summary and {task: why it failed} for the
     tasks whose data could not make them (`warn` got one line each; the other tasks ran)."""
-    from .report import build_report
-
     cfg, skipped, failed = resolve(cfg, explicit_tasks)
     for name, why in failed.items():
         warn(f"adamlab: error: {name} not run: {why}")
     os.makedirs(cfg.out, exist_ok=True)
-    storage = check_storage(cfg.storage_url, cfg.storage is not None)
-    store = Store(cfg.db_path)
+    with OutLock(cfg.out):
+        return _run_locked(cfg, skipped, failed, quiet, log)
+
+
+def _run_locked(cfg: BenchConfig, skipped, failed, quiet: bool, log) -> tuple[str, dict[str, str]]:
+    from .report import build_report
+
+    storage, store = open_backend(cfg)
     tasks = make_tasks(cfg)
     est = estimate_seconds(cfg, tasks)
     log(f"adamlab bench: suite {cfg.suite}, {len(tasks)} tasks x {len(cfg.optimizers)} optimizers, "
-        f"{cfg.trials} tuning trials + {cfg.seeds} seeds each, {cfg.workers} worker(s)")
+        f"{cfg.trials} tuning trials + {cfg.seeds} seeds each, {cfg.workers} worker(s)"
+        + (f", storage {mask(cfg.storage)}" if cfg.storage else ""))
     for name, why in skipped.items():
         log(f"  skipping {name}: {why}")
     log(f"  estimated runtime ~{est / 60:.1f} min on a 2-core machine like the reference (less if resuming)")
-    store.put_meta("config", {**asdict(cfg), "storage": cfg.storage_url if cfg.storage else None})
+    store.put_meta("config", {**asdict(cfg), "storage": mask(cfg.storage) if cfg.storage else None})
     store.put_meta("tasks", {n: {"hash": t.hash, "description": t.description, "family": t.family,
                                  "has_accuracy": t.has_accuracy} for n, t in tasks.items()})
     store.put_meta("skipped", skipped)
@@ -137,18 +260,27 @@ def run_bench(cfg: BenchConfig, *, explicit_tasks: bool = False, quiet: bool = F
             f"{rec['deleted_rows']} unfinished row(s) dropped")
     errors: list[dict] = []
     with Runner(cfg, quiet) as runner:
-        jobs = tuning_jobs(storage, tasks, cfg.optimizers, cfg.trials)
-        errors += [r for r in runner.map(tune_job, jobs, "tuning") if r.get("error")]
+        tuned = tune(cfg, runner, storage, store, tasks, quiet, log)
+        errors += [r for r in tuned if r.get("error")]
         fjobs = final_jobs(storage, store, tasks, cfg.optimizers, cfg.trials, cfg.seeds)
-        errors += [r for r in runner.map(final_job, fjobs, "seeds ") if r.get("error")]
+        n_final = len(tasks) * len(cfg.optimizers) * cfg.seeds
+        bar = Progress("seeds ", n_final, lambda: sum(
+            store.count_runs(phase="final", task=t.name, task_hash=t.hash, optimizer=o)
+            for t in tasks.values() for o in cfg.optimizers), quiet, log)
+        try:
+            finals = runner.map(final_job, fjobs, bar.update)
+        finally:
+            bar.close()
+        errors += [r for r in finals if r.get("error")]
     measure_step_times(cfg, storage, store, tasks, quiet)
     for e in errors[:5]:
         log(f"  note: {e['optimizer']} on {e['task']} raised {e['error']} (counted as diverged)")
     elapsed = time.time() - t0
-    prev = store.get_meta("elapsed", 0.0) or 0.0
-    store.put_meta("elapsed", prev + elapsed if jobs or fjobs else prev)
+    worked = any(not r.get("idle") and not r.get("skipped") for r in tuned + finals)
+    prev = store.get_meta("elapsed", 0.0) or 0.0  # compute time summed over benches (of all machines)
+    store.put_meta("elapsed", prev + elapsed if worked else prev)
     store.close()
-    summary = build_report(cfg.out)
+    summary = build_report(cfg.out, cfg.storage)
     log(summary)
     log(f"finished in {elapsed / 60:.1f} min; report: {os.path.join(cfg.out, 'report.html')}")
     return summary, failed

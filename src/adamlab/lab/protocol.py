@@ -5,9 +5,14 @@ space; trial 0 is the registry default). The best of the first `trials` complete
 `seeds` fresh seeds (1000, 1001, ...), never the tuning seed, so the reported numbers are not the lucky draw
 the tuner picked. Every run goes to the Store in one transaction.
 
-Resumability: `recover` runs before any work. A trial left RUNNING by a killed process is marked FAIL and
-its parameters are enqueued again (same point, not a new one), and any stored run of a trial that never
-completed is deleted, so no finished trial is lost or counted twice.
+Any number of processes, on one machine or many, share the studies (see `storages`): a worker claims a
+trial inside the storage's ask lock, where `sweep` first fails the trials of dead workers (Optuna's
+heartbeat and `fail_stale_trials`, plus a running trial with no heartbeat at all, which inside the lock can
+only belong to a process that died there) and queues each failed trial's point again (the same point, not
+a new one; the quasi-random counter is handed back if a worker died after drawing an index but before
+recording it); it then asks only while fewer than `trials` trials are complete or running. A live worker's
+trial is never failed: its heartbeat thread keeps it fresh. So every point of the sequence is evaluated
+exactly once, by whichever process, and the results do not depend on how many processes there were.
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import ctypes
 import math
 import multiprocessing as mp
 import os
+import random
 import signal
+import threading
 import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -26,6 +33,7 @@ import torch
 from optuna.trial import TrialState
 
 from . import space
+from .storages import HEARTBEAT, OWNER_ATTR, open_storage, owner
 from .store import Store
 from .suites import suite as get_suite
 from .tasks import DataError, Task, build_task
@@ -49,6 +57,7 @@ class BenchConfig:
     threads: int = 1
     text: str | None = None
     cifar_dir: str | None = None
+    heartbeat: int = HEARTBEAT
 
     @property
     def db_path(self) -> str:
@@ -57,6 +66,11 @@ class BenchConfig:
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{os.path.abspath(self.db_path)}"
+
+    def open(self):
+        """(Optuna storage, Store) of this configuration: the run tables live where the studies live."""
+        storage = open_storage(self.storage_url, self.heartbeat)
+        return storage, Store(storage.target.store, wal=storage.target.wal)
 
 
 def make_tasks(cfg: BenchConfig) -> dict[str, Task]:
@@ -68,69 +82,120 @@ def study_name(task: Task, opt: str) -> str:
     return f"{task.name}@{task.hash}/{opt}"
 
 
-def open_storage(url: str):
-    if not url.startswith("sqlite"):
-        return optuna.storages.get_storage(url)
-    from sqlalchemy import event
-
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 300}})
-
-    def pragmas(dbapi_con, _record):  # WAL: readers never block the writer; NORMAL: no fsync per commit in WAL
-        dbapi_con.execute("PRAGMA journal_mode=WAL")
-        dbapi_con.execute("PRAGMA synchronous=NORMAL")
-
-    event.listen(storage.engine, "connect", pragmas)
-    storage.engine.dispose()
-    return storage
-
-
 def sampler() -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():  # QMCSampler is "experimental" since Optuna 3.0
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=0, warn_independent_sampling=False)
 
 
+_STUDIES: dict = {}
+
+
 def load_study(storage, task: Task, opt: str) -> optuna.Study:
-    return optuna.create_study(storage=storage, study_name=study_name(task, opt), direction="minimize",
-                               sampler=sampler(), load_if_exists=True)
+    """The study (created if new), one object per storage and name: the progress line and the tuning loop
+    read every study every few seconds."""
+    key = (id(storage), study_name(task, opt))
+    hit = _STUDIES.get(key)
+    if hit is not None and hit[0] is storage:
+        return hit[1]
+    study = optuna.create_study(storage=storage, study_name=study_name(task, opt), direction="minimize",
+                                sampler=sampler(), load_if_exists=True)
+    _STUDIES[key] = (storage, study)
+    return study
+
+
+def point_rank(t) -> tuple:
+    """The order of the points, whatever the trial numbers: the registry default, then the quasi-random
+    sequence (a retried point keeps its `qmc_id`); the trial number only for trials without either."""
+    if t.user_attrs.get("default"):
+        return (-1, t.number)
+    q = t.user_attrs.get("qmc_id")
+    return (q, t.number) if q is not None else (1 << 30, t.number)
 
 
 def completed_trials(study: optuna.Study, limit: int | None = None) -> list:
-    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=point_rank)
     return done[:limit] if limit else done
 
 
+def best_trial(done: list):
+    """Lowest value; ties go to the earlier point (not to whichever process numbered its trial first)."""
+    return min(done, key=lambda t: (t.value, point_rank(t)))
+
+
+MAX_RETRIES = 3  # a point whose worker died this many times in a row is given up (a new point replaces it)
+
+
+def sweep(storage, study: optuna.Study, opt: str) -> dict[str, list[int]]:
+    """Inside the ask lock: enqueue the defaults of a fresh study; fail dead workers' trials; queue every
+    failed trial's point again once; hand back a quasi-random index drawn by a worker that died before
+    recording it. Returns {"failed": trial numbers failed now, "queued": trial numbers queued again}."""
+    out: dict[str, list[int]] = {"failed": [], "queued": []}
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study.enqueue_trial(space.default_params(opt), user_attrs={"default": True})
+        return out
+    dead = set(storage.dead_trial_ids(study._study_id))
+    if dead:
+        with warnings.catch_warnings():  # Optuna's own: fails the trials whose heartbeat is stale
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+        for t in trials:  # and those with no heartbeat at all (died inside the ask lock)
+            if t._trial_id in dead:
+                try:
+                    storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass
+                out["failed"].append(t.number)
+        trials = study.get_trials(deepcopy=False)
+    names = {space.optuna_key(k, spec) for k, spec in space.search_space(opt).items()}
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    by_number = {t.number: t for t in trials}
+    for t in trials:
+        if t.state != TrialState.FAIL or t.number in retried:
+            continue
+        # an enqueued trial killed before its first suggest has no params yet: its point is in the
+        # enqueued 'fixed_params' (the registry default of trial 0, or an earlier retry)
+        point = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        chain, n = 0, t.number
+        while n is not None and n in by_number and chain <= MAX_RETRIES:
+            n, chain = by_number[n].user_attrs.get("retry_of"), chain + 1
+        recorded = t.user_attrs.get("default") or "qmc_id" in t.user_attrs
+        if not recorded or not names <= point.keys() or chain > MAX_RETRIES:
+            # killed inside suggest (the point was never whole) or before it recorded its quasi-random index:
+            # that index is handed back below, and the next ask draws the same point again
+            continue
+        attrs = {"retry_of": t.number, **{k: t.user_attrs[k] for k in ("default", "qmc_id") if k in t.user_attrs}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study.enqueue_trial(point, user_attrs=attrs)
+        out["queued"].append(t.number)
+    used_ids = {t.user_attrs["qmc_id"] for t in trials if "qmc_id" in t.user_attrs}
+    _rewind_qmc_counter(storage, study, used_ids)
+    return out
+
+
+def counts(study: optuna.Study) -> dict[TrialState, int]:
+    c = dict.fromkeys(TrialState, 0)
+    for t in study.get_trials(deepcopy=False):
+        c[t.state] += 1
+    return c
+
+
 def recover(storage, store: Store, tasks: dict[str, Task], optimizers: list[str]) -> dict[str, int]:
-    """Make the storage consistent after a crash; enqueue the defaults as trial 0 of fresh studies."""
+    """At start-up: `sweep` every study (only dead workers' trials are failed, never a live bench's), and
+    drop the run rows of failed trials (a process killed between writing its row and telling Optuna)."""
     stats = {"failed_running": 0, "deleted_rows": 0}
     for task in tasks.values():
         for opt in optimizers:
             study = load_study(storage, task, opt)
-            trials = study.get_trials(deepcopy=False)
-            if not trials:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    study.enqueue_trial(space.default_params(opt), user_attrs={"default": True})
-                continue
-            names = {space.optuna_key(k, spec) for k, spec in space.search_space(opt).items()}
-            used_ids = {t.user_attrs["qmc_id"] for t in trials if "qmc_id" in t.user_attrs}
-            for t in trials:
-                if t.state == TrialState.RUNNING:
-                    storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                    # an enqueued trial killed before its first suggest has no params yet: its point is in the
-                    # enqueued 'fixed_params' (the registry default of trial 0, or an earlier retry)
-                    point = {**t.system_attrs.get("fixed_params", {}), **t.params}
-                    if not names <= point.keys():
-                        # killed inside ask/suggest (workers take turns there, so at most one such trial):
-                        # if it had drawn its quasi-random index, hand the index back so that the retry
-                        # completes the same point instead of taking the next one
-                        _rewind_qmc_counter(storage, study, used_ids)
-                    study.enqueue_trial(point, user_attrs={"retry_of": t.number,
-                                                                    **({"default": True} if t.user_attrs.get("default") else {})})
-                    stats["failed_running"] += 1
-            keep = {t.number for t in completed_trials(study)}
+            with storage.ask_lock():
+                stats["failed_running"] += len(sweep(storage, study, opt)["failed"])
+            failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
             stats["deleted_rows"] += store.delete_tune_runs(task=task.name, task_hash=task.hash, optimizer=opt,
-                                                            keep_trials=keep)
+                                                            drop_trials=failed)
     return stats
 
 
@@ -144,31 +209,47 @@ def _qmc_counter(storage, study: optuna.Study) -> tuple[int, str, int] | None:
 
 def _rewind_qmc_counter(storage, study: optuna.Study, used_ids: set[int]) -> None:
     counter = _qmc_counter(storage, study)
-    if counter is not None and counter[2] not in used_ids:  # drawn, but no trial got to record it
+    if counter is not None and counter[2] >= 0 and counter[2] not in used_ids:  # drawn, never recorded
         storage.set_study_system_attr(counter[0], counter[1], counter[2] - 1)
 
 
 # ---------------------------------------------------------------------------------------------- workers
 _CTX: dict = {}
 
+# A pool worker's first code, run before anything heavy is imported (the spawned child does not import the
+# parent's main module, see Runner): die with the parent (Linux PDEATHSIG), and if the parent is already
+# gone (it died while this child started), exit at once.
+_WORKER_BOOT = """
+import ctypes, os, signal
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != parent:
+    os._exit(1)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+from adamlab.lab.protocol import init_worker
+init_worker(cfg, child=True)
+"""
+
 
 def _die_with_parent() -> None:
     try:  # Linux: SIGKILL this worker when the parent dies (kill -9 of the bench kills its workers too)
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
     except (OSError, AttributeError):  # pragma: no cover - non-Linux
         pass
 
 
-def init_worker(cfg_dict: dict, child: bool = True, ask_lock=None) -> None:
+def init_worker(cfg_dict: dict, child: bool = True) -> None:
     if child:
         _die_with_parent()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     cfg = BenchConfig(**cfg_dict)
     torch.set_num_threads(max(1, cfg.threads))
     warnings.filterwarnings("ignore", category=UserWarning)
+    storage, store = cfg.open()
     _CTX.clear()
-    _CTX.update(cfg=cfg, tasks=make_tasks(cfg), store=Store(cfg.db_path), storage=open_storage(cfg.storage_url),
-                ask_lock=ask_lock if ask_lock is not None else contextlib.nullcontext())
+    _CTX.update(cfg=cfg, tasks=make_tasks(cfg), store=store, storage=storage)
 
 
 def execute(task: Task, opt: str, params: dict, seed: int, final: bool):
@@ -186,50 +267,89 @@ def execute(task: Task, opt: str, params: dict, seed: int, final: bool):
     return res
 
 
-def tune_job(job: tuple[str, str]) -> dict:
-    task_name, opt = job
-    task, store, storage = _CTX["tasks"][task_name], _CTX["store"], _CTX["storage"]
+def _study(task_name: str, opt: str) -> optuna.Study:
     key = (task_name, opt)
     if key not in _CTX.setdefault("studies", {}):
-        _CTX["studies"][key] = load_study(storage, task, opt)
-    study = _CTX["studies"][key]
-    # Optuna's pop of an enqueued trial and QMCSampler's sample counter are read-modify-write on the storage:
-    # workers take turns asking, so no two get the same trial or the same quasi-random point.
-    with _CTX["ask_lock"], warnings.catch_warnings():
+        _CTX["studies"][key] = load_study(_CTX["storage"], _CTX["tasks"][task_name], opt)
+    return _CTX["studies"][key]
+
+
+def claim(storage, study: optuna.Study, opt: str, trials: int):
+    """Inside the ask lock: sweep, then take the next trial if fewer than `trials` are complete or running.
+    Returns (trial, params, trial numbers failed by the sweep) or (None, None, failed)."""
+    with storage.ask_lock(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        failed = sweep(storage, study, opt)["failed"]
+        c = counts(study)
+        if c[TrialState.COMPLETE] + c[TrialState.RUNNING] >= trials:
+            return None, None, failed
         before = _qmc_counter(storage, study)
         trial = study.ask()
         params = space.suggest(trial, opt)
         after = _qmc_counter(storage, study)
         if after is not None and after != before:  # this trial drew quasi-random index after[2]: say so
             trial.set_user_attr("qmc_id", after[2])
-    res = execute(task, opt, params, TUNE_SEED, final=False)
-    value = res.final_val_loss if math.isfinite(res.final_val_loss) else math.inf
-    store.add_run(task=task.name, task_hash=task.hash, optimizer=opt, phase="tune", trial=trial.number,
-                  seed=TUNE_SEED, params=params, result={**res.summary(), "value": value}, curves=res.curves,
-                  extra={**res.extra, "default": bool(trial.user_attrs.get("default"))})
-    study.tell(trial, value)
+        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner())
+        storage.record_heartbeat(trial._trial_id)  # before leaving the lock: "no heartbeat" means "died here"
+    return trial, params, failed
+
+
+def tune_job(job: tuple[str, str]) -> dict:
+    """Claim and run one trial of a study, or nothing when every trial is complete or running elsewhere."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    task_name, opt = job
+    task, store, storage, cfg = _CTX["tasks"][task_name], _CTX["store"], _CTX["storage"], _CTX["cfg"]
+    study = _study(task_name, opt)
+    trial, params, failed = claim(storage, study, opt, cfg.trials)
+    if failed:  # rows of a dead worker's trials, written before it could tell Optuna
+        store.delete_tune_runs(task=task.name, task_hash=task.hash, optimizer=opt, drop_trials=set(failed))
+    if trial is None:
+        return {"task": task_name, "optimizer": opt, "idle": True}
+    with get_heartbeat_thread(trial._trial_id, storage):  # Optuna's heartbeat thread, as in study.optimize
+        res = execute(task, opt, params, TUNE_SEED, final=False)
+        value = res.final_val_loss if math.isfinite(res.final_val_loss) else math.inf
+        store.add_run(task=task.name, task_hash=task.hash, optimizer=opt, phase="tune", trial=trial.number,
+                      seed=TUNE_SEED, params=params, result={**res.summary(), "value": value}, curves=res.curves,
+                      extra={**res.extra, "default": bool(trial.user_attrs.get("default")),
+                             "qmc_id": trial.user_attrs.get("qmc_id")})
+    try:
+        study.tell(trial, value)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        # another process took this worker for dead (its heartbeat stalled past the grace period) and queued
+        # the point again: the retry's row counts, this one goes
+        store.delete_tune_runs(task=task.name, task_hash=task.hash, optimizer=opt, drop_trials={trial.number})
+        return {"task": task_name, "optimizer": opt, "lost": True}
     return {"task": task_name, "optimizer": opt, "value": value, "error": res.extra.get("error")}
 
 
 def final_job(job: tuple[str, str, dict, int, int]) -> dict:
     task_name, opt, params, trial_number, seed = job
     task, store = _CTX["tasks"][task_name], _CTX["store"]
+    key = {"task": task.name, "task_hash": task.hash, "optimizer": opt, "phase": "final", "trial": trial_number,
+           "seed": seed, "params": params}
+    if store.has_run(**key):  # another process ran it meanwhile
+        return {"task": task_name, "optimizer": opt, "skipped": True}
     res = execute(task, opt, params, seed, final=True)
-    store.add_run(task=task.name, task_hash=task.hash, optimizer=opt, phase="final", trial=trial_number,
-                  seed=seed, params=params, result={**res.summary(), "value": res.final_val_loss}, curves=res.curves,
-                  extra=res.extra)
+    store.add_run(**key, result={**res.summary(), "value": res.final_val_loss}, curves=res.curves, extra=res.extra)
     return {"task": task_name, "optimizer": opt, "value": res.final_val_loss, "error": res.extra.get("error")}
 
 
-def tuning_jobs(storage, tasks: dict[str, Task], optimizers: list[str], trials: int) -> list[tuple[str, str]]:
-    jobs = []
+def tuning_state(storage, tasks: dict[str, Task], optimizers: list[str], trials: int) -> tuple[list, int]:
+    """(jobs: one per trial that is neither complete nor running anywhere, number of complete trials, capped
+    at `trials` per study): the study-wide picture, whatever process did the work."""
+    jobs, done = [], 0
     for task in tasks.values():
         for opt in optimizers:
-            n = len(completed_trials(load_study(storage, task, opt)))
-            jobs += [(task.name, opt)] * max(0, trials - n)
+            c = counts(load_study(storage, task, opt))
+            done += min(trials, c[TrialState.COMPLETE])
+            jobs += [(task.name, opt)] * max(0, trials - c[TrialState.COMPLETE] - c[TrialState.RUNNING])
     # longest tasks first (better packing over workers), round-robin over optimizers within a task
-    return sorted(jobs, key=lambda j: -tasks[j[0]].cost())
+    return sorted(jobs, key=lambda j: -tasks[j[0]].cost()), done
+
+
+def tuning_jobs(storage, tasks: dict[str, Task], optimizers: list[str], trials: int) -> list[tuple[str, str]]:
+    return tuning_state(storage, tasks, optimizers, trials)[0]
 
 
 def final_jobs(storage, store: Store, tasks: dict[str, Task], optimizers: list[str], trials: int,
@@ -240,14 +360,40 @@ def final_jobs(storage, store: Store, tasks: dict[str, Task], optimizers: list[s
             done = completed_trials(load_study(storage, task, opt), trials)
             if not done:
                 continue
-            best = min(done, key=lambda t: (t.value, t.number))
+            best = best_trial(done)
             params = space.params_from_optuna(opt, best.params)
             for s in range(seeds):
                 seed = FINAL_SEED0 + s
                 if not store.has_run(task=task.name, task_hash=task.hash, optimizer=opt, phase="final",
                                      trial=best.number, seed=seed, params=params):
                     jobs.append((task.name, opt, params, best.number, seed))
+    random.Random(os.getpid()).shuffle(jobs)  # benches sharing a storage start on different runs
     return sorted(jobs, key=lambda j: -tasks[j[0]].cost())
+
+
+_SPAWN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _light_children():
+    """While the pool starts its workers: a spawned child does not import the parent's main module (the CLI,
+    which imports torch), so its first code is _WORKER_BOOT, run seconds earlier than the first heavy import."""
+    from multiprocessing import spawn
+
+    orig = spawn.get_preparation_data
+
+    def light(name):
+        d = orig(name)
+        d.pop("init_main_from_name", None)
+        d.pop("init_main_from_path", None)
+        return d
+
+    with _SPAWN_LOCK:
+        spawn.get_preparation_data = light
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = orig
 
 
 class Runner:
@@ -267,25 +413,26 @@ class Runner:
                 self.pool.terminate()
             self.pool.join()
 
-    def map(self, fn, jobs: list, desc: str) -> list[dict]:
-        from tqdm import tqdm
+    def start_pool(self):
+        ctx = mp.get_context("spawn")
+        with _light_children():
+            self.pool = ctx.Pool(self.cfg.workers, initializer=exec,
+                                 initargs=(_WORKER_BOOT, {"cfg": asdict(self.cfg), "parent": os.getpid()}))
 
+    def map(self, fn, jobs: list, on_result=None) -> list[dict]:
         out: list[dict] = []
         if not jobs:
             return out
-        with tqdm(total=len(jobs), desc=desc, unit="run", disable=self.quiet, dynamic_ncols=True,
-                  smoothing=0.05) as bar:
-            if self.cfg.workers <= 1:
-                if _CTX.get("cfg") != self.cfg:
-                    init_worker(asdict(self.cfg), child=False)
-                it = map(fn, jobs)
-            else:
-                if self.pool is None:
-                    ctx = mp.get_context("spawn")
-                    self.pool = ctx.Pool(self.cfg.workers, initializer=init_worker,
-                                         initargs=(asdict(self.cfg), True, ctx.Lock()))
-                it = self.pool.imap_unordered(fn, jobs)
-            for r in it:
-                out.append(r)
-                bar.update()
+        if self.cfg.workers <= 1:
+            if _CTX.get("cfg") != self.cfg:
+                init_worker(asdict(self.cfg), child=False)
+            it = map(fn, jobs)
+        else:
+            if self.pool is None:
+                self.start_pool()
+            it = self.pool.imap_unordered(fn, jobs)
+        for r in it:
+            out.append(r)
+            if on_result is not None:
+                on_result(r)
         return out

@@ -114,8 +114,9 @@ th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee}.supported{color:
 .notsupported{color:#b00;font-weight:bold}.inconclusive{color:#a60}code{background:#f5f5f5}"""
 
 
-def build_report(out_dir: str) -> str:
-    data = load(out_dir)
+def build_report(out_dir: str, storage: str | None = None) -> str:
+    """Write the report into `out_dir` from its adamlab.db, or from the `--storage` database when given."""
+    data = load(out_dir, storage)
     cfg, tasks, meta = data["config"], data["tasks"], data["meta"]
     tasks = {n: t for n, t in tasks.items() if t.opts}
     board = leaderboard(tasks)
@@ -206,7 +207,7 @@ def build_report(out_dir: str) -> str:
     atomic_write(os.path.join(out_dir, "summary.md"), "\n".join(md))
     atomic_write(os.path.join(out_dir, "report.html"), f"<!doctype html><html><head><meta charset='utf-8'>"
                  f"<title>adamlab bench report</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>")
-    return screen_summary(board, claims, out_dir)
+    return screen_summary(board, claims, out_dir, storage)
 
 
 def _md_text(text: str) -> str:
@@ -229,7 +230,7 @@ def _claims_html(head, rows) -> str:
     return out + "</table>"
 
 
-def screen_summary(board, claims, out_dir) -> str:
+def screen_summary(board, claims, out_dir, storage: str | None = None) -> str:
     lines = ["", "Leaderboard (mean rank of final held-out loss; top = tasks not significantly worse than the best):"]
     for r in board:
         lines.append(f"  {r['optimizer']:<12} rank {r['mean_rank']:5.2f}   top {r['top']:>2}/{r['tasks']:<2}  "
@@ -237,5 +238,10 @@ def screen_summary(board, claims, out_dir) -> str:
     lines.append("Claims:")
     for c in claims:
         lines.append(f"  [{c.verdict:^14}] {c.seed}: {c.claim[:80]}")
-    lines.append(f"Report: {os.path.join(out_dir, 'report.html')}  (summary.md, *.png, adamlab.db beside it)")
+    if storage is None:
+        lines.append(f"Report: {os.path.join(out_dir, 'report.html')}  (summary.md, *.png, adamlab.db beside it)")
+    else:
+        from .storages import mask
+        lines.append(f"Report: {os.path.join(out_dir, 'report.html')}  (summary.md, *.png beside it; the data: "
+                     f"{mask(storage)})")
     return "\n".join(lines)

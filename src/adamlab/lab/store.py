@@ -1,41 +1,64 @@
-"""Run storage: every run's summary and curves in SQLite tables beside Optuna's (same file by default).
+"""Run storage: every run's summary and curves in the lab's own tables, beside Optuna's (same database).
+
+The tables (lab_meta, lab_runs, lab_curves, and a `schema_version` row in lab_meta) are SQLAlchemy Core, so
+one code path serves the default SQLite file in `--out`, a SQLite file beside a journal storage, and a
+PostgreSQL (or other) server given with `--storage`: every machine's bench writes its runs where every
+machine's report reads them.
 
 Each run is written in one transaction (summary row + all curve points), so a reader never sees half a
-run, and a UNIQUE key makes re-running a finished run a no-op. WAL mode lets worker processes write
-while others read.
+run, and a UNIQUE key with INSERT ... ON CONFLICT DO NOTHING makes writing a finished run again (a resumed
+bench, or two benches that ran the same final seed at once) a no-op: it is stored once.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-import sqlite3
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS lab_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS lab_runs (
-    id INTEGER PRIMARY KEY,
-    task TEXT NOT NULL, task_hash TEXT NOT NULL, optimizer TEXT NOT NULL,
-    phase TEXT NOT NULL CHECK (phase IN ('tune', 'final')),
-    trial INTEGER NOT NULL, seed INTEGER NOT NULL, params_hash TEXT NOT NULL, params TEXT NOT NULL,
-    value REAL, initial_val_loss REAL, final_val_loss REAL, best_val_loss REAL,
-    final_val_acc REAL, best_val_acc REAL, diverged INTEGER NOT NULL DEFAULT 0,
-    steps INTEGER, train_time REAL, step_time REAL, opt_step_time REAL,
-    extra TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
-    UNIQUE (task, task_hash, optimizer, phase, trial, seed, params_hash)
-);
-CREATE TABLE IF NOT EXISTS lab_curves (
-    run_id INTEGER NOT NULL REFERENCES lab_runs(id) ON DELETE CASCADE,
-    name TEXT NOT NULL, step INTEGER NOT NULL, time REAL, value REAL
-);
-CREATE INDEX IF NOT EXISTS lab_curves_run ON lab_curves(run_id, name);
-"""
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+SCHEMA_VERSION = 1
+
+META = sa.MetaData()
+lab_meta = sa.Table("lab_meta", META, sa.Column("key", sa.String(255), primary_key=True),
+                    sa.Column("value", sa.Text, nullable=False))
+lab_runs = sa.Table(
+    "lab_runs", META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(100), nullable=False), sa.Column("task_hash", sa.String(100), nullable=False),
+    sa.Column("optimizer", sa.String(100), nullable=False),
+    sa.Column("phase", sa.String(10), sa.CheckConstraint("phase IN ('tune', 'final')"), nullable=False),
+    sa.Column("trial", sa.Integer, nullable=False), sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("params_hash", sa.String(40), nullable=False), sa.Column("params", sa.Text, nullable=False),
+    *[sa.Column(f, sa.Float) for f in ("value", "initial_val_loss", "final_val_loss", "best_val_loss",
+                                       "final_val_acc", "best_val_acc")],
+    sa.Column("diverged", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("steps", sa.Integer), *[sa.Column(f, sa.Float) for f in ("train_time", "step_time", "opt_step_time")],
+    sa.Column("extra", sa.Text, nullable=False, server_default="{}"), sa.Column("created", sa.Float, nullable=False),
+    sa.UniqueConstraint("task", "task_hash", "optimizer", "phase", "trial", "seed", "params_hash"),
+)
+lab_curves = sa.Table(
+    "lab_curves", META,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("lab_runs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(100), nullable=False), sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("time", sa.Float), sa.Column("value", sa.Float),
+    sa.Index("lab_curves_run", "run_id", "name"),
+)
 
 RUN_FIELDS = ("value", "initial_val_loss", "final_val_loss", "best_val_loss", "final_val_acc", "best_val_acc",
               "diverged", "steps", "train_time", "step_time", "opt_step_time")
+
+
+class SchemaError(Exception):
+    """The database holds lab tables of a newer adamlab."""
 
 
 def params_hash(params: dict[str, Any]) -> str:
@@ -60,45 +83,100 @@ def _jsonable(obj):
     return obj
 
 
+def sqlite_engine(path: str, *, wal: bool = True) -> sa.Engine:
+    """A SQLite engine whose write transactions are BEGIN IMMEDIATE (no lock upgrade deadlocks), 300 s busy
+    timeout; WAL unless the file may sit on a network file system (wal=False: the journal storage's run file)."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 300}, poolclass=sa.pool.NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_con, _record):
+        dbapi_con.isolation_level = None  # the driver's implicit BEGIN off: SQLAlchemy's begin event decides
+        dbapi_con.execute(f"PRAGMA journal_mode={'WAL' if wal else 'DELETE'}")
+        dbapi_con.execute("PRAGMA synchronous=NORMAL" if wal else "PRAGMA synchronous=FULL")
+        dbapi_con.execute("PRAGMA foreign_keys=ON")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+    return engine
+
+
 class Store:
-    def __init__(self, path: str):
-        self.path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=300, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
+    """`target`: a file path (SQLite) or a SQLAlchemy URL / Engine (the database of `--storage`)."""
+
+    def __init__(self, target, *, wal: bool = True):
+        if isinstance(target, sa.Engine):
+            self.engine = target
+        else:
+            target = os.fspath(target)
+            if "://" in target and not target.startswith("sqlite"):
+                self.engine = sa.create_engine(target, pool_pre_ping=True, pool_size=1, max_overflow=2)
+            else:
+                path = target.split(":///", 1)[1] if target.startswith("sqlite") else target
+                self.engine = sqlite_engine(path, wal=wal)
+        self.dialect = self.engine.dialect.name
+        self._create()
+
+    def _create(self) -> None:
+        for attempt in range(5):  # two processes creating the tables at once: one wins, the other sees them
+            try:
+                with self._write() as c:
+                    META.create_all(c, checkfirst=True)
+                    row = c.execute(sa.select(lab_meta.c.value).where(lab_meta.c.key == "schema_version")).first()
+                    if row is None:
+                        self._insert_ignore(c, lab_meta, [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+                    elif int(json.loads(row[0])) > SCHEMA_VERSION:
+                        raise SchemaError(f"the lab tables have schema version {row[0]}; this adamlab reads "
+                                          f"version {SCHEMA_VERSION} (upgrade adamlab)")
+                return
+            except sa.exc.DBAPIError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def close(self) -> None:
-        self.conn.close()
+        self.engine.dispose()
 
-    def _tx(self, fn):
-        """Run fn(conn) inside BEGIN IMMEDIATE ... COMMIT (rolled back on any error)."""
-        for attempt in range(50):
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as e:  # pragma: no cover - heavy contention only
-                if "locked" not in str(e) or attempt == 49:
-                    raise
-                time.sleep(0.2)
-        try:
-            out = fn(self.conn)
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-        return out
+    @contextlib.contextmanager
+    def _write(self):
+        """A write transaction (BEGIN IMMEDIATE on SQLite), committed at the end, rolled back on any error."""
+        with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn = conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+
+    def _insert_ignore(self, conn, table, rows: list[dict], returning=None):
+        """INSERT ... ON CONFLICT DO NOTHING; returns the new row's `returning` column, or None if it existed."""
+        if self.dialect in ("sqlite", "postgresql"):
+            mod = sqlite_dialect if self.dialect == "sqlite" else pg_dialect
+            stmt = mod.insert(table).on_conflict_do_nothing()
+            if returning is not None:
+                row = conn.execute(stmt.returning(returning), rows[0]).first()
+                return None if row is None else row[0]
+            conn.execute(stmt, rows)
+            return None
+        try:  # other databases: a savepoint, and the UNIQUE key's error means "already there"
+            with conn.begin_nested():
+                res = conn.execute(table.insert(), rows[0] if returning is not None else rows)
+            return res.inserted_primary_key[0] if returning is not None else None
+        except sa.exc.IntegrityError:
+            return None
 
     # -- meta ---------------------------------------------------------------------------------------------
-    def put_meta(self, key: str, value: Any) -> None:
+    def put_meta(self, key: str, value: Any, *, keep: bool = False) -> None:
+        """Set a meta value; with `keep`, only if the key is not there yet (the first writer wins)."""
         txt = json.dumps(_jsonable(value), sort_keys=True)
-        self._tx(lambda c: c.execute("INSERT OR REPLACE INTO lab_meta(key, value) VALUES (?, ?)", (key, txt)))
+        with self._write() as c:
+            if keep or c.execute(sa.update(lab_meta).where(lab_meta.c.key == key).values(value=txt)).rowcount == 0:
+                self._insert_ignore(c, lab_meta, [{"key": key, "value": txt}])
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self.conn.execute("SELECT value FROM lab_meta WHERE key = ?", (key,)).fetchone()
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(lab_meta.c.value).where(lab_meta.c.key == key)).first()
         return json.loads(row[0]) if row else default
 
     # -- runs ---------------------------------------------------------------------------------------------
@@ -106,35 +184,33 @@ class Store:
                 params: dict, result: dict, curves: dict[str, Iterable[tuple[int, float, float]]],
                 extra: dict | None = None) -> int | None:
         """Insert one finished run with its curves atomically; returns its id, or None if it was already there."""
-        ph = params_hash(params)
-        extra_txt = json.dumps(_jsonable(extra or {}))
-
-        def write(c):
-            cur = c.execute(
-                "INSERT OR IGNORE INTO lab_runs(task, task_hash, optimizer, phase, trial, seed, params_hash, params, "
-                + ", ".join(RUN_FIELDS) + ", extra, created) VALUES (" + ", ".join("?" * (10 + len(RUN_FIELDS))) + ")",
-                (task, task_hash, optimizer, phase, trial, seed, ph, json.dumps(params, sort_keys=True),
-                 *[_num(result.get(f)) if f != "diverged" else int(bool(result.get(f))) for f in RUN_FIELDS],
-                 extra_txt, time.time()))
-            if cur.rowcount == 0:
-                return None
-            rid = cur.lastrowid
-            c.executemany("INSERT INTO lab_curves(run_id, name, step, time, value) VALUES (?, ?, ?, ?, ?)",
-                          [(rid, name, int(s), _num(t), _num(v)) for name, pts in curves.items() for s, t, v in pts])
-            return rid
-
-        return self._tx(write)
+        row = {"task": task, "task_hash": task_hash, "optimizer": optimizer, "phase": phase, "trial": int(trial),
+               "seed": int(seed), "params_hash": params_hash(params), "params": json.dumps(params, sort_keys=True),
+               **{f: _num(result.get(f)) if f != "diverged" else int(bool(result.get(f))) for f in RUN_FIELDS},
+               "extra": json.dumps(_jsonable(extra or {})), "created": time.time()}
+        if row["steps"] is not None:
+            row["steps"] = int(row["steps"])
+        points = [{"name": name, "step": int(s), "time": _num(t), "value": _num(v)}
+                  for name, pts in curves.items() for s, t, v in pts]  # a bad point fails here, before writing
+        with self._write() as c:
+            rid = self._insert_ignore(c, lab_runs, [row], returning=lab_runs.c.id)
+            if rid is not None and points:
+                c.execute(lab_curves.insert(), [{**p, "run_id": rid} for p in points])
+        return rid
 
     def has_run(self, *, task: str, task_hash: str, optimizer: str, phase: str, trial: int, seed: int,
                 params: dict) -> bool:
-        row = self.conn.execute(
-            "SELECT 1 FROM lab_runs WHERE task=? AND task_hash=? AND optimizer=? AND phase=? AND trial=? AND seed=? "
-            "AND params_hash=?", (task, task_hash, optimizer, phase, trial, seed, params_hash(params))).fetchone()
-        return row is not None
+        r = lab_runs.c
+        q = sa.select(r.id).where(r.task == task, r.task_hash == task_hash, r.optimizer == optimizer,
+                                  r.phase == phase, r.trial == trial, r.seed == seed,
+                                  r.params_hash == params_hash(params))
+        with self.engine.connect() as c:
+            return c.execute(q).first() is not None
 
     def runs(self, **where) -> list[dict]:
-        cond = " AND ".join(f"{k} = ?" for k in where) or "1"
-        rows = self.conn.execute(f"SELECT * FROM lab_runs WHERE {cond} ORDER BY id", tuple(where.values())).fetchall()
+        q = sa.select(lab_runs).where(*[lab_runs.c[k] == v for k, v in where.items()]).order_by(lab_runs.c.id)
+        with self.engine.connect() as c:
+            rows = c.execute(q).mappings().all()
         out = []
         for r in rows:
             d = dict(r)
@@ -146,22 +222,35 @@ class Store:
             out.append(d)
         return out
 
+    def count_runs(self, **where) -> int:
+        q = sa.select(sa.func.count()).select_from(lab_runs).where(*[lab_runs.c[k] == v for k, v in where.items()])
+        with self.engine.connect() as c:
+            return int(c.execute(q).scalar_one())
+
     def curves(self, run_id: int) -> dict[str, tuple[list[int], list[float], list[float]]]:
         out: dict[str, tuple[list, list, list]] = {}
-        for name, step, t, v in self.conn.execute(
-                "SELECT name, step, time, value FROM lab_curves WHERE run_id=? ORDER BY name, step", (run_id,)):
-            s, ts, vs = out.setdefault(name, ([], [], []))
-            s.append(step)
-            ts.append(t if t is not None else math.nan)
-            vs.append(v if v is not None else math.inf)
+        cv = lab_curves.c
+        q = sa.select(cv.name, cv.step, cv.time, cv.value).where(cv.run_id == run_id).order_by(cv.name, cv.step)
+        with self.engine.connect() as c:
+            for name, step, t, v in c.execute(q):
+                s, ts, vs = out.setdefault(name, ([], [], []))
+                s.append(step)
+                ts.append(t if t is not None else math.nan)
+                vs.append(v if v is not None else math.inf)
         return out
 
-    def delete_tune_runs(self, *, task: str, task_hash: str, optimizer: str, keep_trials: set[int]) -> int:
-        """Drop tuning rows whose Optuna trial did not complete (a process killed between write and tell)."""
-        rows = self.conn.execute(
-            "SELECT id, trial FROM lab_runs WHERE task=? AND task_hash=? AND optimizer=? AND phase='tune'",
-            (task, task_hash, optimizer)).fetchall()
-        doomed = [r[0] for r in rows if r[1] not in keep_trials]
-        if doomed:
-            self._tx(lambda c: c.executemany("DELETE FROM lab_runs WHERE id=?", [(i,) for i in doomed]))
-        return len(doomed)
+    def delete_tune_runs(self, *, task: str, task_hash: str, optimizer: str, drop_trials: set[int]) -> int:
+        """Drop tuning rows of trials that can never complete (FAIL: a process killed between write and tell,
+        or a trial another process took as dead). Rows of running trials are never touched: their process
+        may be alive and about to tell."""
+        if not drop_trials:
+            return 0
+        r = lab_runs.c
+        with self._write() as c:
+            ids = [i for (i,) in c.execute(sa.select(r.id).where(
+                r.task == task, r.task_hash == task_hash, r.optimizer == optimizer, r.phase == "tune",
+                r.trial.in_(sorted(drop_trials))))]
+            if ids:
+                c.execute(sa.delete(lab_curves).where(lab_curves.c.run_id.in_(ids)))
+                c.execute(sa.delete(lab_runs).where(r.id.in_(ids)))
+        return len(ids)
