@@ -5,9 +5,16 @@ import pytest
 import torch
 
 from adamlab.lab.tasks.base import Task
-from adamlab.lab.tasks.cifar import (TEST_FILE, TRAIN_FILES, Cifar10Task, load_cifar10, read_batch, resolve_dir,
-                                     write_batch)
 from adamlab.lab.tasks.charlm import DataError
+from adamlab.lab.tasks.cifar import (
+    TEST_FILE,
+    TRAIN_FILES,
+    Cifar10Task,
+    load_cifar10,
+    read_batch,
+    resolve_dir,
+    write_batch,
+)
 
 
 def make_cifar(root, n=64, seed=0, files=TRAIN_FILES):

@@ -36,7 +36,7 @@ def results(tmp_path):
     s.put_meta("config", {"suite": "test", "optimizers": OPTS, "trials": 2, "seeds": 3, "storage": "nosuch://"})
     s.put_meta("tasks", {t: {"hash": "h", "description": t, "family": f, "has_accuracy": a}
                          for t, (f, a) in TASKS.items()})
-    for task, (fam, has_acc) in TASKS.items():
+    for task, (_fam, has_acc) in TASKS.items():
         for opt in OPTS:
             losses, accs, extras = _data(task, opt)
             esc = {"escaped_sharp": opt == "adamcm"} if task == "sharp_flat" else {}

@@ -5,8 +5,14 @@ import pytest
 import torch
 from scipy import stats as st
 
-from adamlab.lab.metrics import (isotropy, mean_embedding_ratio, performance_profile, sharpness, steps_to_target,
-                                 target_loss)
+from adamlab.lab.metrics import (
+    isotropy,
+    mean_embedding_ratio,
+    performance_profile,
+    sharpness,
+    steps_to_target,
+    target_loss,
+)
 from adamlab.lab.stats import holm, mean_ci, welch
 
 

@@ -18,7 +18,7 @@ from scipy import stats as st
 from .analysis import TaskResult, lattice, overhead
 from .stats import welch
 
-S, N, I, X = "supported", "not supported", "inconclusive", "not tested"
+S, N, I, X = "supported", "not supported", "inconclusive", "not tested"  # noqa: E741 (the verdicts' initials)
 
 
 @dataclass

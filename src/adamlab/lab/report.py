@@ -136,7 +136,7 @@ def build_report(out_dir: str, storage: str | None = None) -> str:
              f"QMCSampler) trials over its whole search space, trial 0 being its registry default, tuned on the "
              f"final held-out loss with seed 0 (optimizers with the same search space see the same points); the best "
              f"setting was then re-run with {cfg.get('seeds')} fresh seeds. "
-             f"All ± are 95 % t-intervals over those seeds. Target = {int(90)} % of the way from the initial loss to "
+             f"All ± are 95 % t-intervals over those seeds. Target = {90} % of the way from the initial loss to "
              f"the best mean loss any optimizer reached. Bold = not significantly worse than the task's leader "
              f"(Welch p ≥ 0.05). Diverged runs score the untrained loss. Generated {when}; "
              f"compute time {(meta.get('elapsed') or 0) / 60:.1f} min.")

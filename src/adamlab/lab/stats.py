@@ -5,8 +5,8 @@ Everything works on plain sequences of floats so it can be tested against hand-c
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats as _st
