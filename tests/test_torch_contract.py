@@ -244,15 +244,19 @@ def test_goes_right_direction(name, i, desc):
             for path in PATHS.values():
                 kw = _kw(name, i, **path)
                 w, b, x = _wbx(contiguous=contiguous)
-                opt = _target(name)([w, b], **kw)
-                scheds = [s(opt) for s in schedulers]
-                first = _closure(opt, w, b, x).item()
-                for _ in range(20):
-                    loss = _closure(opt, w, b, x)
-                    opt.step()
-                    _sched_step(scheds, loss.detach())
-                last = _closure(opt, w, b, x).item()
+                first, last = _train_20_steps(_target(name)([w, b], **kw), schedulers, w, b, x)
                 assert (last > first) if kw.get("maximize", False) else (last < first), (schedulers, contiguous)
+
+
+def _train_20_steps(opt, schedulers, w, b, x) -> tuple[float, float]:
+    """The loss before and after 20 steps, each scheduler stepped after each step."""
+    scheds = [s(opt) for s in schedulers]
+    first = _closure(opt, w, b, x).item()
+    for _ in range(20):
+        loss = _closure(opt, w, b, x)
+        opt.step()
+        _sched_step(scheds, loss.detach())
+    return first, _closure(opt, w, b, x).item()
 
 
 @pytest.mark.parametrize("name", CLASSES)
@@ -262,13 +266,8 @@ def test_param_groups_under_lr_schedulers_go_right_direction(name):
         for path in PATHS.values():
             w, b, x = _wbx()
             opt = _target(name)([{"params": [w]}, {"params": [b], "lr": 0.01}], **path)
-            scheds = [s(opt) for s in schedulers]
-            first = _closure(opt, w, b, x).item()
-            for _ in range(20):
-                loss = _closure(opt, w, b, x)
-                opt.step()
-                _sched_step(scheds, loss.detach())
-            assert _closure(opt, w, b, x).item() < first
+            first, last = _train_20_steps(opt, schedulers, w, b, x)
+            assert last < first
 
 
 def _model_params(dtype):
