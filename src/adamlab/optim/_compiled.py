@@ -89,20 +89,27 @@ def is_compiler_failure(err: Exception) -> bool:
 
 class no_duck_shapes:
     """Compile chunks shape-generically without equating equal sizes (one graph for any mix of sizes), with the
-    symbolic-shape guards compiled to C++ (checked on every call: in Python they cost ~15 us per call)."""
+    symbolic-shape guards compiled to C++ (checked on every call: in Python they cost ~15 us per call).
+
+    It also tags the compile caches' keys with torch's thread count: inductor's CPU code for a graph compiled while
+    torch ran one thread gave wrong results when a process running two threads loaded it from the on-disk cache
+    (AdamCG's parallel graph: 1.3e-2 relative error; the key does not cover the thread count)."""
 
     def __enter__(self):
         import torch._dynamo.config as dynamo_config
         import torch.fx.experimental._config as fx_config
 
-        self._cfgs = (fx_config, dynamo_config)
-        self._old = (fx_config.use_duck_shape, dynamo_config.enable_cpp_symbolic_shape_guards)
+        self._cfgs = (fx_config, dynamo_config, torch.compiler.config)
+        self._old = (fx_config.use_duck_shape, dynamo_config.enable_cpp_symbolic_shape_guards,
+                     torch.compiler.config.cache_key_tag)
         fx_config.use_duck_shape = False
         dynamo_config.enable_cpp_symbolic_shape_guards = True
+        torch.compiler.config.cache_key_tag = f"{self._old[2]}adamlab-threads-{torch.get_num_threads()}"
 
     def __exit__(self, *exc):
-        fx_config, dynamo_config = self._cfgs
-        fx_config.use_duck_shape, dynamo_config.enable_cpp_symbolic_shape_guards = self._old
+        fx_config, dynamo_config, compiler_config = self._cfgs
+        fx_config.use_duck_shape, dynamo_config.enable_cpp_symbolic_shape_guards, compiler_config.cache_key_tag = \
+            self._old
         return False
 
 
