@@ -145,7 +145,7 @@ def test_two_benches_one_killed_and_restarted_match_one_process(kind, tmp_path, 
     trials come back through their stale heartbeats only; journal: one machine, A restarted in place (its
     dead processes are seen at once)."""
     url = request.getfixturevalue("pg_url") if kind == "postgresql" else f"journal:{tmp_path}/shared/journal.log"
-    extra = ["--storage", url, "--workers", "2", "--heartbeat", "1"]
+    extra = ["--storage", url, "--workers", "2", "--heartbeat", "2"]
     ids = ("A", "B", "C") if kind == "postgresql" else (None, None, None)
     t0, rows = time.monotonic(), _Rows(url)
     a = _bench(tmp_path / "a", *extra, machine=ids[0])  # machine A
