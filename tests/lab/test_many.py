@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 from optuna.trial import TrialState
@@ -119,7 +120,8 @@ class _Rows:
 
 
 def _wait_running(url: str, p) -> None:
-    """Until one of p's workers runs a digits_mlp trial (a run long enough for a kill to land inside it)."""
+    """Until one of p's workers has just started a digits_mlp trial (a run long enough for a kill to land inside
+    it: one seen running late in its run finished before the kill once, on a machine loaded past its cores)."""
     from adamlab.lab.storages import OWNER_ATTR
 
     from .test_storages import _children
@@ -133,7 +135,9 @@ def _wait_running(url: str, p) -> None:
         for s in storage.get_all_studies():
             if s.study_name.startswith("digits_mlp"):
                 running = storage.get_all_trials(s._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-                if any((t.system_attrs.get(OWNER_ATTR) or {}).get("pid") in kids for t in running):
+                now = datetime.now()
+                if any((t.system_attrs.get(OWNER_ATTR) or {}).get("pid") in kids and t.datetime_start is not None
+                       and (now - t.datetime_start).total_seconds() < 0.25 for t in running):
                     return
         time.sleep(0.02)
 
