@@ -248,6 +248,14 @@ def test_goes_right_direction(name, i, desc):
                 assert (last > first) if kw.get("maximize", False) else (last < first), (schedulers, contiguous)
 
 
+def _step_both(opt, params, other, other_params, x) -> None:
+    """One step of two optimizers side by side, each on its own copy of the parameters and the same batch."""
+    _closure(opt, *params, x)
+    _closure(other, *other_params, x)
+    opt.step()
+    other.step()
+
+
 def _train_20_steps(opt, schedulers, w, b, x) -> tuple[float, float]:
     """The loss before and after 20 steps, each scheduler stepped after each step."""
     scheds = [s(opt) for s in schedulers]
@@ -372,10 +380,7 @@ def test_tensor_lr_is_the_number(name, i, desc):
         opt = _target(name)([w, b], lr=1e-3, **kw)
         opt_t = _target(name)([wc, bc], lr=torch.tensor(1e-3), **kw)
         for _ in range(5):
-            _closure(opt, w, b, x)
-            _closure(opt_t, wc, bc, x)
-            opt.step()
-            opt_t.step()
+            _step_both(opt, (w, b), opt_t, (wc, bc), x)
             torch.testing.assert_close(wc, w)
             torch.testing.assert_close(bc, b)
 
@@ -588,10 +593,7 @@ def test_bad_input_raises_torchs_exception_type(name, i, desc):
                      tuple(float(t) for t in v) if isinstance(v, tuple) else v) for k, v in inp.kwargs.items()}
         ref = cls([wc, bc], **plain)
         for _ in range(3):
-            _closure(opt, w, b, x)
-            _closure(ref, wc, bc, x)
-            opt.step()
-            ref.step()
+            _step_both(opt, (w, b), ref, (wc, bc), x)
         torch.testing.assert_close(w, wc)
         return
     on_step = err.error_on == _co.OptimizerErrorEnum.STEP_ERROR
