@@ -488,10 +488,7 @@ def test_state_dict_load_continues_bit_for_bit(name, i, desc):
                 _equal(_without_names(again), saved, "state_dict() after load")
                 assert again["param_groups"][0]["param_names"] == ["name0", "name1"]
             for _ in range(10):
-                _closure(opt, w, b, x)
-                _closure(opt_c, wc, bc, x)
-                opt.step()
-                opt_c.step()
+                _step_both(opt, (w, b), opt_c, (wc, bc), x)
                 _same_params([w, b], [wc, bc])
             _equal(_without_names(opt.state_dict()), _without_names(opt_c.state_dict()), "after steps")
             opt_c.param_groups.extend(opt_c.param_groups)
@@ -552,10 +549,7 @@ def test_state_dict_round_trips(name, i, desc):
             mine = _target(name)([ow, ob], **_kw(name, i, **path))
             mine.load_state_dict(copy.deepcopy(opt.state_dict()))
             for _ in range(3):
-                _closure(other, tw, tb, x)
-                _closure(mine, ow, ob, x)
-                other.step()
-                mine.step()
+                _step_both(other, (tw, tb), mine, (ow, ob), x)
             _same_params([tw, tb], [ow, ob])
 
         # a torch.optim checkpoint of the same class, resumed here: the same trajectory as torch's own resume
