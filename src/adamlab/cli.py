@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     b.add_argument("--trials", type=int, default=0, help="tuning trials per optimizer and task (0: the suite's)")
     b.add_argument("--seeds", type=int, default=0, help="seeds for the best setting (0: the suite's, >= 2)")
+    b.add_argument("--until-decided", type=int, default=0, metavar="MAX_SEEDS", help="after the seeds, add --seeds "
+                   "more at a time only where a claim's comparison is still open, up to MAX_SEEDS seeds (the verdicts "
+                   "are corrected for looking more than once); 0: off")
+    b.add_argument("--protocols", default=None, help="comma-separated papers' protocols run beside the tuned one "
+                   "(default: the suite's; 'none' for none); see `adamlab tasks`")
     b.add_argument("--text", default=None, help="UTF-8 text file for the language-model tasks (default: bundled "
                    "Shakespeare)")
     b.add_argument("--cifar-dir", default=None, help="folder with the CIFAR-10 python batches (data_batch_1..5, "
@@ -122,10 +127,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "tasks":
-            from adamlab.lab.suites import SUITES
-            from adamlab.lab.tasks import TASK_NAMES, build_task
-            for n in TASK_NAMES:
-                print(f"{n:<16} {build_task(n, SUITES['default']['tasks'][n]).description}")
+            from adamlab.lab.protocols import PROTOCOLS
+            from adamlab.lab.suites import SUITES, all_task_names
+            from adamlab.lab.tasks import build_task
+            for n in all_task_names():
+                spec = next(s["tasks"][n] for s in (SUITES["default"], SUITES["full"]) if n in s["tasks"])
+                print(f"{n:<16} {build_task(n, spec).description}")
+            print("\nprotocols (--protocols):")
+            for p in PROTOCOLS.values():
+                print(f"{p.name:<16} {p.description}")
             return 0
         if args.command == "report":
             return _report(args.dir, args.storage)
@@ -144,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise LabError(f"CIFAR-10 download failed: {e}") from None
         cfg = BenchConfig(out=args.out, suite=args.suite, tasks=_split(args.tasks), optimizers=_split(args.optimizers),
                           trials=args.trials, seeds=args.seeds, storage=args.storage, workers=args.workers,
-                          threads=args.threads, text=args.text, cifar_dir=cifar, heartbeat=args.heartbeat)
+                          threads=args.threads, text=args.text, cifar_dir=cifar, heartbeat=args.heartbeat,
+                          until_decided=args.until_decided,
+                          protocols=None if args.protocols is None else
+                          [p for p in _split(args.protocols) if p != "none"])
         _, failed = run_bench(cfg, explicit_tasks=bool(args.tasks), quiet=args.quiet)
         return 1 if failed else 0
     except (LabError, DataError) as e:

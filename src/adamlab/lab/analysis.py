@@ -106,22 +106,27 @@ def _open_optuna(url: str | None):
         return None
 
 
-def load(out_dir: str, storage: str | None = None) -> dict:
-    """Everything the report needs, from `out_dir`/adamlab.db or, with `storage` (a --storage URL), from
-    that storage's database: the same numbers on every machine."""
+def open_store(out_dir: str, storage: str | None = None) -> tuple[Store, str]:
+    """(the run tables, the Optuna storage URL) of `out_dir`/adamlab.db, or of a --storage URL."""
     if storage is None:
         db = os.path.join(out_dir, "adamlab.db")
         if not os.path.isfile(db):
             raise FileNotFoundError(f"no adamlab.db in {out_dir}")
-        store, optuna_url = Store(db), f"sqlite:///{os.path.abspath(db)}"
-    else:
-        from .storages import parse
-        t = parse(storage)
-        store, optuna_url = Store(t.store, wal=t.wal), storage
+        return Store(db), f"sqlite:///{os.path.abspath(db)}"
+    from .storages import parse
+    t = parse(storage)
+    return Store(t.store, wal=t.wal), storage
+
+
+def load(out_dir: str, storage: str | None = None, trials: int | None = None) -> dict:
+    """Everything the report needs, from `out_dir`/adamlab.db or, with `storage` (a --storage URL), from
+    that storage's database: the same numbers on every machine. `trials`: analyse the best of the first
+    `trials` points (the tuning-budget axis) instead of the bench's budget."""
+    store, optuna_url = open_store(out_dir, storage)
     opt_storage = _open_optuna(optuna_url)
     cfg = store.get_meta("config") or {}
     task_meta = store.get_meta("tasks") or {}
-    trials = int(cfg.get("trials", 0)) or None
+    trials = trials or int(cfg.get("trials", 0)) or None
     tasks: dict[str, TaskResult] = {}
     for name, tm in task_meta.items():
         opts: dict[str, OptResult] = {}
@@ -147,11 +152,24 @@ def load(out_dir: str, storage: str | None = None) -> dict:
             steps = max(steps, max(r["steps"] or 0 for r in finals))
         tasks[name] = TaskResult(name, tm["description"], tm["family"], tm["has_accuracy"], steps, opts)
         tasks[name].micro = store.get_meta(f"step_times/{name}@{tm['hash']}") or {}
-    meta = {k: store.get_meta(k) for k in ("skipped", "failed", "spaces", "elapsed")}
+    meta = {k: store.get_meta(k) for k in ("skipped", "failed", "spaces", "elapsed", "phases", "looks")}
     store.close()
     for t in tasks.values():
         _summarise(t)
-    return {"config": cfg, "tasks": tasks, "meta": meta}
+    return {"config": cfg, "tasks": tasks, "meta": meta, "task_meta": task_meta}
+
+
+def score_runs(t: TaskResult, o: OptResult) -> None:
+    """Final losses (and accuracies) of `o`'s runs: a diverged run scores the untrained loss (and the
+    untrained accuracy), no better than not training."""
+    untrained = t.initial if math.isfinite(t.initial) else math.inf  # inf: no run of the task got anywhere
+    o.losses = [r["final_val_loss"] if math.isfinite(r["final_val_loss"]) else untrained for r in o.runs]
+    o.diverged = sum(bool(r["diverged"]) for r in o.runs)
+    o.final_loss = mean_ci(o.losses)
+    o.best_loss = mean_ci([r["best_val_loss"] if math.isfinite(r["best_val_loss"]) else untrained for r in o.runs])
+    if t.has_accuracy:
+        o.accs = [r["final_val_acc"] if r["final_val_acc"] is not None else 0.1 for r in o.runs]
+        o.final_acc = mean_ci(o.accs)
 
 
 def _summarise(t: TaskResult) -> None:
@@ -159,16 +177,8 @@ def _summarise(t: TaskResult) -> None:
         return
     inits = [r["initial_val_loss"] for o in t.opts.values() for r in o.runs if math.isfinite(r["initial_val_loss"])]
     t.initial = float(median(inits)) if inits else math.nan
-    untrained = t.initial if math.isfinite(t.initial) else math.inf  # inf: no run of the task got anywhere
     for o in t.opts.values():
-        # a diverged run scores the untrained loss (and the untrained accuracy): no better than not training
-        o.losses = [r["final_val_loss"] if math.isfinite(r["final_val_loss"]) else untrained for r in o.runs]
-        o.diverged = sum(bool(r["diverged"]) for r in o.runs)
-        o.final_loss = mean_ci(o.losses)
-        o.best_loss = mean_ci([r["best_val_loss"] if math.isfinite(r["best_val_loss"]) else untrained for r in o.runs])
-        if t.has_accuracy:
-            o.accs = [r["final_val_acc"] if r["final_val_acc"] is not None else 0.1 for r in o.runs]
-            o.final_acc = mean_ci(o.accs)
+        score_runs(t, o)
     # step time = forward/backward (the same for every optimizer: pooled over all runs of the task) plus the
     # interleaved micro-benchmark of optimizer.step(); the runs' own opt-step timings are the fallback
     fb = [r["step_time"] - r["opt_step_time"] for o in t.opts.values() for r in o.runs

@@ -1,6 +1,7 @@
 """`adamlab bench`: validate the request, recover the storage, tune, re-run over seeds, report."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -16,15 +17,17 @@ from .protocol import (
     final_jobs,
     load_study,
     make_tasks,
+    protocol_jobs,
     recover,
     sweep,
     tune_job,
     tuning_state,
 )
+from .protocols import PROTOCOLS
 from .storages import mask
 from .store import Store
-from .suites import SUITES
-from .tasks import TASK_NAMES, DataError
+from .suites import SUITES, all_task_names
+from .tasks import DataError
 
 
 def resolve(cfg: BenchConfig, explicit_tasks: bool) -> tuple[BenchConfig, dict[str, str], dict[str, str]]:
@@ -38,9 +41,13 @@ def resolve(cfg: BenchConfig, explicit_tasks: bool) -> tuple[BenchConfig, dict[s
     for o in cfg.optimizers:
         if o not in known_opts:
             raise LabError(f"--optimizers: unknown optimizer {o!r}; choose from {', '.join(known_opts)}")
+    task_names = all_task_names()
     for t in cfg.tasks:
-        if t not in TASK_NAMES:
-            raise LabError(f"--tasks: unknown task {t!r}; choose from {', '.join(TASK_NAMES)}")
+        if t not in task_names:
+            raise LabError(f"--tasks: unknown task {t!r}; choose from {', '.join(task_names)}")
+    for p in cfg.protocols or []:
+        if p not in PROTOCOLS:
+            raise LabError(f"--protocols: unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
     if cfg.text is not None and not os.path.isfile(cfg.text):
         raise LabError(f"--text {cfg.text}: text file not found")
     if cfg.cifar_dir is not None and not os.path.isdir(cfg.cifar_dir):
@@ -48,14 +55,20 @@ def resolve(cfg: BenchConfig, explicit_tasks: bool) -> tuple[BenchConfig, dict[s
     for opt, n in (("--workers", cfg.workers), ("--threads", cfg.threads)):
         if n < 1:
             raise LabError(f"{opt} {n}: must be at least 1")
-    tasks = cfg.tasks or [t for t in TASK_NAMES if t in s["tasks"]]
+    tasks = cfg.tasks or [t for t in task_names if t in s["tasks"]]
     missing = [t for t in tasks if t not in s["tasks"]]
     if missing:
         raise LabError(f"--tasks: task(s) {', '.join(missing)} are not in suite {cfg.suite!r}")
+    budgets = s.get("budgets", {})
     cfg = BenchConfig(**{**asdict(cfg), "tasks": tasks, "optimizers": cfg.optimizers or known_opts,
-                         "trials": cfg.trials or s["trials"], "seeds": cfg.seeds or s["seeds"]})
+                         "trials": cfg.trials or s["trials"], "seeds": cfg.seeds or s["seeds"],
+                         "protocols": s.get("protocols", []) if cfg.protocols is None else cfg.protocols,
+                         "budgets": cfg.budgets or budgets.get("trials", []),
+                         "budget_tasks": cfg.budget_tasks or budgets.get("tasks", [])})
     if cfg.trials < 1 or cfg.seeds < 2:
         raise LabError("--trials must be >= 1 and --seeds >= 2 (a confidence interval needs two seeds)")
+    if cfg.until_decided and cfg.until_decided <= cfg.seeds:
+        raise LabError(f"--until-decided {cfg.until_decided}: must be more than --seeds ({cfg.seeds}), or 0 (off)")
     if cfg.heartbeat < 1:
         raise LabError(f"--heartbeat {cfg.heartbeat}: must be at least 1 (seconds)")
     if cfg.storage is None:
@@ -66,7 +79,7 @@ def resolve(cfg: BenchConfig, explicit_tasks: bool) -> tuple[BenchConfig, dict[s
         ok, why = task.available()
         if not ok:
             if explicit_tasks or (name == "cifar10_cnn" and cfg.cifar_dir is not None) or \
-                    (name in ("char_gpt", "word_lm") and cfg.text is not None):
+                    (task.family == "lm" and cfg.text is not None):
                 raise LabError(f"{name}: {why}")
             skipped[name] = why
             continue
@@ -167,12 +180,13 @@ class Progress:
 def tune(cfg: BenchConfig, runner: Runner, storage, store: Store, tasks, quiet: bool, log) -> list[dict]:
     """Tune until every study has `trials` complete trials, whoever runs them: claim what is free; when all
     that is left runs in other processes, wait (and sweep: a dead process's trials come back here)."""
-    total = len(tasks) * len(cfg.optimizers) * cfg.trials
+    total = sum(cfg.trials_for(t) for t in tasks) * len(cfg.optimizers)
     results: list[dict] = []
-    bar = Progress("tuning", total, lambda: tuning_state(storage, tasks, cfg.optimizers, cfg.trials)[1], quiet, log)
+    bar = Progress("tuning", total, lambda: tuning_state(storage, tasks, cfg.optimizers, cfg.trials_for)[1], quiet,
+                   log)
     try:
         while True:
-            jobs, done = tuning_state(storage, tasks, cfg.optimizers, cfg.trials)
+            jobs, done = tuning_state(storage, tasks, cfg.optimizers, cfg.trials_for)
             if done >= total:
                 break
             if jobs:
@@ -218,8 +232,60 @@ def measure_step_times(cfg: BenchConfig, storage, store: Store, tasks, quiet: bo
             store.put_meta(key, {"error": str(e)[:300]}, keep=not have)
 
 
+def _size(cfg: BenchConfig, name: str, task) -> dict:
+    """The scale axis' labels: the task a size belongs to, and its number of trained parameters."""
+    from .timing import capture_parameters
+
+    base = SUITES[cfg.suite]["tasks"].get(name, {}).get("base", name)
+    if task.family != "lm":
+        return {"base": base}
+    model = capture_parameters(task)
+    ps = model.parameters() if hasattr(model, "parameters") else model
+    return {"base": base, "parameters": sum(p.numel() for p in {id(p): p for p in ps}.values())}
+
+
+def _run_finals(runner: Runner, store: Store, tasks, jobs: list, desc: str, quiet: bool, log) -> list[dict]:
+    n = len(jobs)
+    done = store.count_runs(phase="final")
+    bar = Progress(desc, n, lambda: store.count_runs(phase="final") - done, quiet, log)
+    try:
+        return runner.map(final_job, jobs, bar.update)
+    finally:
+        bar.close()
+
+
+def _until_decided(cfg: BenchConfig, runner: Runner, storage, store: Store, tasks, quiet: bool, log) -> list[dict]:
+    """Looks at the claims after each round of seeds and adds `--seeds` more seeds only to the optimizers
+    of comparisons still open, until every comparison is decided or has `--until-decided` seeds. The number
+    of looks is planned up front and stored, so that the verdicts spend their error rate over the looks."""
+    from .analysis import load
+    from .claims import open_comparisons
+
+    max_looks = 1 + math.ceil((cfg.until_decided - cfg.seeds) / cfg.seeds)
+    more: dict[tuple[str, str], int] = {}
+    out: list[dict] = []
+    look = 1
+    while look < max_looks:
+        store.put_meta("looks", {"look": look, "max_looks": max_looks})
+        opened = open_comparisons(load(cfg.out, cfg.storage)["tasks"], looks=look, max_looks=max_looks)
+        if not any(opened.values()):
+            break
+        look += 1
+        n = min(cfg.until_decided, cfg.seeds * look)
+        for task, opts in opened.items():
+            for opt in opts:
+                more[(task, opt)] = n
+        log(f"  look {look - 1}: {sum(map(len, opened.values()))} (task, optimizer) final sets still open, "
+            f"running them to {n} seeds")
+        jobs = final_jobs(storage, store, tasks, cfg.optimizers, cfg.trials_for, cfg.seeds, cfg.budgets_for, more)
+        out += _run_finals(runner, store, tasks, jobs, f"look {look}", quiet, log)
+    store.put_meta("looks", {"look": look, "max_looks": max_looks})
+    return out
+
+
 def estimate_seconds(cfg: BenchConfig, tasks) -> float:
-    runs = sum(t.cost() for t in tasks.values()) * len(cfg.optimizers) * (cfg.trials + cfg.seeds)
+    runs = sum(t.cost() * (cfg.trials_for(n) + cfg.seeds * len(cfg.budgets_for(n)))
+               for n, t in tasks.items()) * len(cfg.optimizers)
     return 1.25 * runs / max(1, min(cfg.workers, os.cpu_count() or 1)) + 20  # + Optuna, sharpness, report
 
 
@@ -249,7 +315,7 @@ def _run_locked(cfg: BenchConfig, skipped, failed, quiet: bool, log) -> tuple[st
     log(f"  estimated runtime ~{est / 60:.1f} min on a 2-core machine like the reference (less if resuming)")
     store.put_meta("config", {**asdict(cfg), "storage": mask(cfg.storage) if cfg.storage else None})
     store.put_meta("tasks", {n: {"hash": t.hash, "description": t.description, "family": t.family,
-                                 "has_accuracy": t.has_accuracy} for n, t in tasks.items()})
+                                 "has_accuracy": t.has_accuracy, **_size(cfg, n, t)} for n, t in tasks.items()})
     store.put_meta("skipped", skipped)
     store.put_meta("failed", failed)
     store.put_meta("spaces", {o: space.describe_space(o) for o in cfg.optimizers})
@@ -259,26 +325,33 @@ def _run_locked(cfg: BenchConfig, skipped, failed, quiet: bool, log) -> tuple[st
         log(f"  resumed: {rec['failed_running']} interrupted trial(s) re-queued, "
             f"{rec['deleted_rows']} unfinished row(s) dropped")
     errors: list[dict] = []
+    phases: dict[str, float] = {}
     with Runner(cfg, quiet) as runner:
+        t = time.time()
         tuned = tune(cfg, runner, storage, store, tasks, quiet, log)
+        phases["tuning"] = time.time() - t
         errors += [r for r in tuned if r.get("error")]
-        fjobs = final_jobs(storage, store, tasks, cfg.optimizers, cfg.trials, cfg.seeds)
-        n_final = len(tasks) * len(cfg.optimizers) * cfg.seeds
-        bar = Progress("seeds ", n_final, lambda: sum(
-            store.count_runs(phase="final", task=t.name, task_hash=t.hash, optimizer=o)
-            for t in tasks.values() for o in cfg.optimizers), quiet, log)
-        try:
-            finals = runner.map(final_job, fjobs, bar.update)
-        finally:
-            bar.close()
+        t = time.time()
+        fjobs = final_jobs(storage, store, tasks, cfg.optimizers, cfg.trials_for, cfg.seeds, cfg.budgets_for)
+        fjobs += protocol_jobs(storage, store, tasks, cfg)
+        finals = _run_finals(runner, store, tasks, fjobs, "seeds ", quiet, log)
+        phases["seeds"] = time.time() - t
+        if cfg.until_decided:
+            t = time.time()
+            finals += _until_decided(cfg, runner, storage, store, tasks, quiet, log)
+            phases["more seeds"] = time.time() - t
         errors += [r for r in finals if r.get("error")]
+    t = time.time()
     measure_step_times(cfg, storage, store, tasks, quiet)
+    phases["step timing"] = time.time() - t
     for e in errors[:5]:
         log(f"  note: {e['optimizer']} on {e['task']} raised {e['error']} (counted as diverged)")
     elapsed = time.time() - t0
     worked = any(not r.get("idle") and not r.get("skipped") for r in tuned + finals)
     prev = store.get_meta("elapsed", 0.0) or 0.0  # compute time summed over benches (of all machines)
     store.put_meta("elapsed", prev + elapsed if worked else prev)
+    if worked:
+        store.put_meta("phases", {**phases, "workers": cfg.workers})
     store.close()
     summary = build_report(cfg.out, cfg.storage)
     log(summary)

@@ -24,6 +24,7 @@ import os
 import random
 import signal
 import threading
+import time
 import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import space
+from . import protocols, space
 from .storages import HEARTBEAT, OWNER_ATTR, open_storage, owner
 from .store import Store
 from .suites import suite as get_suite
@@ -58,6 +59,18 @@ class BenchConfig:
     text: str | None = None
     cifar_dir: str | None = None
     heartbeat: int = HEARTBEAT
+    protocols: list[str] | None = None  # the papers' protocols run beside the tuned one (None: the suite's)
+    until_decided: int = 0  # > 0: add seeds where a claim's comparison is open, up to this many seeds
+    budgets: list[int] = field(default_factory=list)  # other tuning budgets, on the suite's budget tasks
+    budget_tasks: list[str] = field(default_factory=list)
+
+    def trials_for(self, task: str) -> int:
+        """Tuning trials of `task`'s studies: the largest budget on the budget-axis tasks (the first `trials`
+        points of the sequence are the same, so every smaller budget is read off the same study)."""
+        return max([self.trials, *self.budgets]) if task in self.budget_tasks else self.trials
+
+    def budgets_for(self, task: str) -> list[int]:
+        return sorted({self.trials, *self.budgets}) if task in self.budget_tasks else [self.trials]
 
     @property
     def db_path(self) -> str:
@@ -255,6 +268,7 @@ def init_worker(cfg_dict: dict, child: bool = True) -> None:
 def execute(task: Task, opt: str, params: dict, seed: int, final: bool):
     """One training run; an exception inside the optimizer counts as a diverged run (recorded, not hidden).
     A data problem is no divergence: DataError propagates (the bench checks the data before any run)."""
+    t0 = time.perf_counter()
     try:
         res = task.run(lambda m: space.build_optimizer(opt, m, params), seed, final)
     except DataError:
@@ -264,6 +278,7 @@ def execute(task: Task, opt: str, params: dict, seed: int, final: bool):
         res = RunResult(curves={}, initial_val_loss=math.nan, final_val_loss=math.inf, best_val_loss=math.inf,
                         diverged=True, extra={"error": f"{type(e).__name__}: {e}"[:500],
                                               "traceback": traceback.format_exc(limit=3)[-1500:]})
+    res.extra["wall"] = time.perf_counter() - t0  # the whole run: data, model, training, evaluation, metrics
     return res
 
 
@@ -301,7 +316,7 @@ def tune_job(job: tuple[str, str]) -> dict:
     task_name, opt = job
     task, store, storage, cfg = _CTX["tasks"][task_name], _CTX["store"], _CTX["storage"], _CTX["cfg"]
     study = _study(task_name, opt)
-    trial, params, failed = claim(storage, study, opt, cfg.trials)
+    trial, params, failed = claim(storage, study, opt, cfg.trials_for(task_name))
     if failed:  # rows of a dead worker's trials, written before it could tell Optuna
         store.delete_tune_runs(task=task.name, task_hash=task.hash, optimizer=opt, drop_trials=set(failed))
     if trial is None:
@@ -330,45 +345,86 @@ def final_job(job: tuple[str, str, dict, int, int]) -> dict:
            "seed": seed, "params": params}
     if store.has_run(**key):  # another process ran it meanwhile
         return {"task": task_name, "optimizer": opt, "skipped": True}
-    res = execute(task, opt, params, seed, final=True)
+    res = execute(task, protocols.split(opt)[0], params, seed, final=True)
     store.add_run(**key, result={**res.summary(), "value": res.final_val_loss}, curves=res.curves, extra=res.extra)
     return {"task": task_name, "optimizer": opt, "value": res.final_val_loss, "error": res.extra.get("error")}
 
 
-def tuning_state(storage, tasks: dict[str, Task], optimizers: list[str], trials: int) -> tuple[list, int]:
+def _each(x, *key):
+    """A per-task (or per-run) setting given as a constant or as a function of the key."""
+    return x(*key) if callable(x) else x
+
+
+def tuning_state(storage, tasks: dict[str, Task], optimizers: list[str], trials) -> tuple[list, int]:
     """(jobs: one per trial that is neither complete nor running anywhere, number of complete trials, capped
-    at `trials` per study): the study-wide picture, whatever process did the work."""
+    at `trials` per study): the study-wide picture, whatever process did the work. `trials` is a number or
+    a function of the task name (the budget-axis tasks tune longer)."""
     jobs, done = [], 0
     for task in tasks.values():
+        n = _each(trials, task.name)
         for opt in optimizers:
             c = counts(load_study(storage, task, opt))
-            done += min(trials, c[TrialState.COMPLETE])
-            jobs += [(task.name, opt)] * max(0, trials - c[TrialState.COMPLETE] - c[TrialState.RUNNING])
+            done += min(n, c[TrialState.COMPLETE])
+            jobs += [(task.name, opt)] * max(0, n - c[TrialState.COMPLETE] - c[TrialState.RUNNING])
     # longest tasks first (better packing over workers), round-robin over optimizers within a task
     return sorted(jobs, key=lambda j: -tasks[j[0]].cost()), done
 
 
-def tuning_jobs(storage, tasks: dict[str, Task], optimizers: list[str], trials: int) -> list[tuple[str, str]]:
+def tuning_jobs(storage, tasks: dict[str, Task], optimizers: list[str], trials) -> list[tuple[str, str]]:
     return tuning_state(storage, tasks, optimizers, trials)[0]
 
 
-def final_jobs(storage, store: Store, tasks: dict[str, Task], optimizers: list[str], trials: int,
-               seeds: int) -> list[tuple]:
-    jobs = []
-    for task in tasks.values():
-        for opt in optimizers:
-            done = completed_trials(load_study(storage, task, opt), trials)
-            if not done:
-                continue
-            best = best_trial(done)
-            params = space.params_from_optuna(opt, best.params)
-            for s in range(seeds):
-                seed = FINAL_SEED0 + s
-                if not store.has_run(task=task.name, task_hash=task.hash, optimizer=opt, phase="final",
-                                     trial=best.number, seed=seed, params=params):
-                    jobs.append((task.name, opt, params, best.number, seed))
+def _shuffled(jobs: list, tasks: dict[str, Task]) -> list:
     random.Random(os.getpid()).shuffle(jobs)  # benches sharing a storage start on different runs
     return sorted(jobs, key=lambda j: -tasks[j[0]].cost())
+
+
+def tuned_params(storage, task: Task, optimizers: list[str], trials: int) -> dict[str, tuple[int, dict]]:
+    """{optimizer: (trial number, create_optimizer kwargs)} of the best of the first `trials` points."""
+    out = {}
+    for opt in optimizers:
+        done = completed_trials(load_study(storage, task, opt), trials)
+        if done:
+            best = best_trial(done)
+            out[opt] = (best.number, space.params_from_optuna(opt, best.params))
+    return out
+
+
+def final_jobs(storage, store: Store, tasks: dict[str, Task], optimizers: list[str], trials, seeds: int,
+               budgets=None, more_seeds: dict | None = None) -> list[tuple]:
+    """One job per final run not stored yet: the best of the first `trials` points of every study over
+    `seeds` seeds (`more_seeds[(task, optimizer)]` where `--until-decided` added seeds to an open comparison),
+    and the best point of each other tuning budget in `budgets(task)` over `seeds` seeds."""
+    jobs = []
+    for task in tasks.values():
+        n_main = _each(trials, task.name)
+        for k in sorted({n_main, *(budgets(task.name) if budgets else ())}):
+            for opt, (number, params) in tuned_params(storage, task, optimizers, k).items():
+                n = (more_seeds or {}).get((task.name, opt), seeds) if k == n_main else seeds
+                jobs += _missing(store, task, opt, params, number, n)
+    return _shuffled(jobs, tasks)
+
+
+def _missing(store: Store, task: Task, opt: str, params: dict, trial: int, n_seeds: int) -> list[tuple]:
+    out = []
+    for s in range(n_seeds):
+        seed = FINAL_SEED0 + s
+        if not store.has_run(task=task.name, task_hash=task.hash, optimizer=opt, phase="final", trial=trial,
+                             seed=seed, params=params):
+            out.append((task.name, opt, params, trial, seed))
+    return out
+
+
+def protocol_jobs(storage, store: Store, tasks: dict[str, Task], cfg: BenchConfig) -> list[tuple]:
+    """The papers' protocols (see `protocols`): fixed settings, some built on a tuned one, over the final
+    seeds; stored as final runs of `OPT~PROTOCOL`."""
+    jobs = []
+    for task in tasks.values():
+        tuned = {o: p for o, (_, p) in tuned_params(storage, task, cfg.optimizers, cfg.trials).items()}
+        for proto in cfg.protocols or []:
+            for opt, params in protocols.settings(proto, task, tuned, cfg.optimizers).items():
+                jobs += _missing(store, task, protocols.variant(opt, proto), params, protocols.TRIAL, cfg.seeds)
+    return _shuffled(jobs, tasks)
 
 
 _SPAWN_LOCK = threading.Lock()

@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 
-from . import plots
+from . import axes, plots
 from .analysis import TaskResult, lattice, leaderboard, load, overhead
 from .claims import ledger
 
@@ -168,6 +168,7 @@ def build_report(out_dir: str, storage: str | None = None) -> str:
                  md_table(cl_head, cl_rows), _claims_html(cl_head, cl_rows), None),
                 ("Inclusion lattice (sanity check)", lat_txt, md_table(lat_head, lat_rows), html_table(lat_head, lat_rows),
                  None)]
+    sections += axes.sections(data, out_dir, storage, md_table, html_table)
     sections.append(("Landscapes", "Paths of the first final seed of every optimizer.", md_table(*landscape_table(tasks)),
                      html_table(*landscape_table(tasks)), "landscapes"))
     if "word_lm" in tasks or "char_gpt" in tasks:

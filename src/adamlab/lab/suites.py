@@ -28,6 +28,8 @@ SUITES: dict[str, dict] = {
     },
     "default": {
         "trials": 8, "seeds": 3,
+        "protocols": ["untuned-lr1e-4", "ademamix-paper", "ademamix-short", "adamcm-toy"],
+        "budgets": {"trials": [4, 16], "tasks": ["quadratic_deep", "digits_mlp"]},
         "tasks": {
             **{name: dict(_LANDSCAPE_DEFAULT) for name in TASK_NAMES[:6]},
             "quadratic_deep": {"steps": 150, "eval_every": 10, "cost": 0.12},
@@ -36,10 +38,15 @@ SUITES: dict[str, dict] = {
             "char_gpt": {"steps": 120, "eval_every": 12, "cost": 0.95},
             "word_lm": {"steps": 250, "eval_every": 25, "cost": 0.6},
             "cifar10_cnn": {"steps": 120, "eval_every": 20, "n_test": 500, "width": 10, "cost": 0.9},
+            # the scale axis: the language models at a smaller size beside the one above
+            "char_gpt_s": {"base": "char_gpt", "steps": 120, "eval_every": 12, "d": 24, "layers": 1, "cost": 0.5},
+            "word_lm_s": {"base": "word_lm", "steps": 250, "eval_every": 25, "d": 16, "hidden": 32, "cost": 0.4},
         },
     },
     "full": {
         "trials": 30, "seeds": 5,
+        "protocols": ["untuned-lr1e-4", "ademamix-paper", "ademamix-short", "adamcm-toy"],
+        "budgets": {"trials": [4, 8, 16, 60], "tasks": ["quadratic_deep", "digits_mlp", "digits_cnn"]},
         "tasks": {
             **{name: {"steps": 1000, "eval_every": 10, "cost": 0.3} for name in TASK_NAMES[:6]},
             "quadratic_deep": {"steps": 1000, "eval_every": 20, "cost": 0.7},
@@ -50,6 +57,14 @@ SUITES: dict[str, dict] = {
             "word_lm": {"steps": 3000, "eval_every": 100, "vocab": 5000, "d": 64, "hidden": 128, "cost": 25.0},
             "cifar10_cnn": {"steps": 3000, "eval_every": 100, "n_train": 50000, "n_test": 10000, "width": 32,
                             "downsample": 1, "batch": 128, "cost": 400.0},
+            "char_gpt_s": {"base": "char_gpt", "steps": 2000, "eval_every": 100, "d": 64, "layers": 2, "heads": 2,
+                           "block": 64, "batch": 32, "cost": 50.0},
+            "char_gpt_l": {"base": "char_gpt", "steps": 2000, "eval_every": 100, "d": 256, "layers": 6, "heads": 8,
+                           "block": 64, "batch": 32, "cost": 600.0},
+            "word_lm_s": {"base": "word_lm", "steps": 3000, "eval_every": 100, "vocab": 5000, "d": 32, "hidden": 64,
+                          "cost": 12.0},
+            "word_lm_l": {"base": "word_lm", "steps": 3000, "eval_every": 100, "vocab": 5000, "d": 128,
+                          "hidden": 256, "cost": 60.0},
         },
     },
 }
@@ -57,3 +72,11 @@ SUITES: dict[str, dict] = {
 
 def suite(name: str) -> dict:
     return SUITES[name]
+
+
+def all_task_names() -> list[str]:
+    """Every task any suite defines (the sizes of the scale axis included), in a stable order."""
+    names = list(TASK_NAMES)
+    for s in SUITES.values():
+        names += [n for n in s["tasks"] if n not in names]
+    return names

@@ -13,6 +13,13 @@ TASK_NAMES = [*LANDSCAPES, "quadratic_deep", "digits_mlp", "digits_cnn", "char_g
 
 
 def build_task(name: str, config: dict, *, text: str | None = None, cifar_dir: str | None = None) -> Task:
+    """The task `name` of a suite. A suite entry with a `base` key is a size of that task (the scale axis):
+    it runs the base task with its own knobs under its own name."""
+    if "base" in config:
+        config = dict(config)
+        task = build_task(config.pop("base"), config, text=text, cifar_dir=cifar_dir)
+        task.name = name
+        return task
     if name in LANDSCAPES:
         return LandscapeTask(name, **config)
     if name == "quadratic_deep":

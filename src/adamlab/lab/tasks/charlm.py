@@ -129,6 +129,11 @@ def lm_loss(model, batch):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
+def _layers(c: dict) -> str:
+    n = int(c.get("layers", 2))
+    return f"{n} layer{'' if n == 1 else 's'}"
+
+
 class CharLM(TextTask):
     name = "char_gpt"
     family = "lm"
@@ -139,7 +144,7 @@ class CharLM(TextTask):
         c = self.config
         self.window = int(c.get("block", 32))
         self.description = (f"char-level GPT on {'Shakespeare' if text is None else os.path.basename(text)}: "
-                            f"{c.get('layers', 2)} layers, d={c.get('d', 48)}, context {c.get('block', 32)}, "
+                            f"{_layers(c)}, d={c.get('d', 48)}, context {c.get('block', 32)}, "
                             f"batch {c.get('batch', 16)}, {c.get('steps', 200)} steps; tied embeddings")
 
     def corpus(self):
