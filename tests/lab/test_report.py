@@ -91,3 +91,20 @@ def test_file_names_in_the_summary_are_escaped(results, tmp_path):  # noqa: F811
     assert not re.search(r"(?<!\\)<", md) and "<img src=x" not in html  # no raw HTML: every < is escaped
     assert r"\<img src=x onerror=alert(1)\>.txt" in md  # shown literally by a Markdown viewer
     assert "&lt;img src=x onerror=alert(1)&gt;.txt" in html
+
+
+def test_claims_table_shows_effect_power_and_protocol(results):  # noqa: F811
+    from adamlab.lab.analysis import load
+    from adamlab.lab.claims import ledger
+
+    build_report(results)
+    md = open(os.path.join(results, "summary.md"), encoding="utf-8").read()
+    table = md.split("## Claims ledger")[1].split("## ")[0]
+    assert "| seed | claim | verdict | effect [CI] | MDE | seeds needed | protocol | measured | rule |" in table
+    ex = next(c for c in ledger(load(results)["tasks"]) if c.claim.startswith("higher test accuracy"))
+    line = next(x for x in table.splitlines() if "higher test accuracy than Adam on a CNN" in x)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:7] == ["not supported", f"{ex.effect:+.3g} [{ex.lo:+.3g}, {ex.hi:+.3g}]", f"{ex.mde:.2g}",
+                          f"{ex.seeds_needed:.0f}", "tuned"]
+    html = open(os.path.join(results, "report.html"), encoding="utf-8").read()
+    assert "<td class='notsupported'>not supported</td>" in html
