@@ -108,3 +108,13 @@ def test_claims_table_shows_effect_power_and_protocol(results):  # noqa: F811
                           f"{ex.seeds_needed:.0f}", "tuned"]
     html = open(os.path.join(results, "report.html"), encoding="utf-8").read()
     assert "<td class='notsupported'>not supported</td>" in html
+
+
+def test_claims_after_repeated_looks_use_the_spent_alpha(results):  # noqa: F811
+    s = Store(os.path.join(results, "adamlab.db"))
+    s.put_meta("config", {**s.get_meta("config"), "looks": 2, "max_looks": 3})
+    s.close()
+    build_report(results)
+    md = open(os.path.join(results, "summary.md"), encoding="utf-8").read()
+    line = next(x for x in md.splitlines() if "| Coupled Adam | more isotropic" in x)
+    assert "(99.2 %)" in line  # alpha 0.05 / 3 looks, Holm over two comparisons: 1 - 0.0167 / 2

@@ -98,7 +98,7 @@ def evaluate(parts: list[Part], alpha: float = 0.05, claimed: float | None = Non
         if p.show_means:
             ma, mb = (p.show_means * sum(v.values()) / len(v) for v in (p.va, p.vb))
             means = f"{ma:.3g} vs {mb:.3g}, improvement "
-        how = f"{c.method}, n = {c.n}" if c.method != "Welch" else "Welch"
+        how = c.method if c.method.startswith("Welch") else f"{c.method}, n = {c.n}"
         p.text = (f"{p.label or p.task} {p.a} vs {p.b}: {means}{_fmt_ci(c)} ({how}, {100 * p.level:.3g} % CI, "
                   f"MDE {p.mde:.2g})")
     return parts
