@@ -63,6 +63,13 @@ def test_directional_rule():
     # significantly better, but by less than the claimed effect: the claimed size is ruled out
     assert directional([0.11, 0.111, 0.112], [0.10, 0.101, 0.102], 0.05)[0] == "supported"
     assert directional([0.10, 0.101, 0.102], [0.10, 0.101, 0.102], 0.05)[0] == "not supported"
+    # a run that blew up (-inf: higher is better) on one side: no CI, the sign decides
+    assert directional([0.1, -float("inf"), 0.2], [0.1, 0.2, 0.3], 0.0)[0] == "not supported"
+    assert directional([0.1, 0.2, 0.3], [0.1, -float("inf"), 0.2], 0.0)[0] == "supported"
+    assert directional([-float("inf")] * 3, [-float("inf")] * 3, 0.0)[0] == "inconclusive"
+    # paired by seed: a mapping pairs its values with the other's of the same seed, whatever the order
+    assert directional({1: 1.0, 2: 2.0, 3: 3.0}, {3: 2.9, 1: 0.9, 2: 1.9}, 0.0)[0] == "supported"
+    assert directional([1.0, 2.0, 3.0], [2.9, 0.9, 1.9], 0.0)[0] == "inconclusive"  # the same, unpaired
 
 
 def test_ledger_verdicts_from_synthetic_db(results):

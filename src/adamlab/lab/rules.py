@@ -74,10 +74,10 @@ def _fmt_ci(c: Comparison) -> str:
 
 def decide(c: Comparison, delta: float) -> str:
     """The verdict of one comparison from its CI (see the module docstring)."""
-    if c.n_a < 2 or c.n_b < 2 or not math.isfinite(c.diff):
+    if c.n_a < 2 or c.n_b < 2:
         return X
-    if not (math.isfinite(c.lo) and math.isfinite(c.hi)):
-        return I
+    if not (math.isfinite(c.lo) and math.isfinite(c.hi)):  # a non-finite value on some seed: no CI, the sign
+        return S if c.diff > max(delta, 0.0) else N if c.diff < delta else I  # of the difference decides
     return S if c.lo > 0 else N if c.hi < delta else I
 
 
@@ -99,6 +99,9 @@ def evaluate(parts: list[Part], alpha: float = 0.05, claimed: float | None = Non
             ma, mb = (p.show_means * sum(v.values()) / len(v) for v in (p.va, p.vb))
             means = f"{ma:.3g} vs {mb:.3g}, improvement "
         how = c.method if c.method.startswith("Welch") else f"{c.method}, n = {c.n}"
+        if not (math.isfinite(c.lo) and math.isfinite(c.hi)):
+            p.text = f"{p.label or p.task} {p.a} vs {p.b}: {means}{c.diff:+.3g} (no finite CI; {how})"
+            continue
         p.text = (f"{p.label or p.task} {p.a} vs {p.b}: {means}{_fmt_ci(c)} ({how}, {100 * p.level:.3g} % CI, "
                   f"MDE {p.mde:.2g})")
     return parts
