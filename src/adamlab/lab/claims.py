@@ -19,7 +19,7 @@ from .rules import Claim, I, N, Part, S, X, combine, evaluate, row  # noqa: E741
 from .stats import look_alpha, mde, paired, seeds_needed
 
 ALPHA = 0.05
-DIR_RULE = ("paired 95 % CI of the improvement (Holm-corrected within the row): lo > 0 supported; hi < δ not "
+DIR_RULE = ("paired CI of the improvement (95 %, Holm-corrected within the row): lo > 0 supported; hi < δ not "
             "supported; else inconclusive")
 
 
