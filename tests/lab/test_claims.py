@@ -63,6 +63,13 @@ def test_directional_rule():
     # significantly better, but by less than the claimed effect: the claimed size is ruled out
     assert directional([0.11, 0.111, 0.112], [0.10, 0.101, 0.102], 0.05)[0] == "supported"
     assert directional([0.10, 0.101, 0.102], [0.10, 0.101, 0.102], 0.05)[0] == "not supported"
+    # a run that blew up (-inf: higher is better) on one side: no CI, the sign decides
+    assert directional([0.1, -float("inf"), 0.2], [0.1, 0.2, 0.3], 0.0)[0] == "not supported"
+    assert directional([0.1, 0.2, 0.3], [0.1, -float("inf"), 0.2], 0.0)[0] == "supported"
+    assert directional([-float("inf")] * 3, [-float("inf")] * 3, 0.0)[0] == "inconclusive"
+    # paired by seed: a mapping pairs its values with the other's of the same seed, whatever the order
+    assert directional({1: 1.0, 2: 2.0, 3: 3.0}, {3: 2.9, 1: 0.9, 2: 1.9}, 0.0)[0] == "supported"
+    assert directional([1.0, 2.0, 3.0], [2.9, 0.9, 1.9], 0.0)[0] == "inconclusive"  # the same, unpaired
 
 
 def test_ledger_verdicts_from_synthetic_db(results):
@@ -110,3 +117,84 @@ def test_lattice_ignores_significant_but_negligible_differences():
     rows = {(r["special"], r["general"]): r["status"] for r in lattice({"t": t})}
     assert rows[("sgd", "momentum")] == "within noise"  # p = 0 but 1e-17 of a loss range of 1
     assert rows[("sgd", "adam")] == "VIOLATION" and rows[("momentum", "adam")] == "VIOLATION"
+
+
+def _task(name, family, accs_by_opt):
+    """A TaskResult whose optimizers' final runs have the given accuracies keyed by seed."""
+    from adamlab.lab.analysis import OptResult, TaskResult
+    from adamlab.lab.stats import mean_ci
+
+    opts = {}
+    for opt, accs in accs_by_opt.items():
+        o = OptResult(opt, [{"seed": s, "extra": {}} for s in accs], [{} for _ in accs], [], 0, {})
+        o.accs, o.losses = list(accs.values()), [1 - a for a in accs.values()]
+        o.final_loss, o.final_acc = mean_ci(o.losses), mean_ci(o.accs)
+        opts[opt] = o
+    return TaskResult(name, "", family, True, 10, opts, initial=2.0, best_any=0.0)
+
+
+def _row(rows, seed, start):
+    return next(c for c in rows if c.seed == seed and c.claim.startswith(start))
+
+
+def test_claim_rows_are_structured_with_power_and_missing_comparators(results):
+    from scipy import stats as st
+
+    from adamlab.lab.stats import mde, seeds_needed
+
+    tasks = load(results)["tasks"]
+    ex = _row(ledger(tasks), "EXAdam", "higher test accuracy than Adam on a CNN")
+    a, b = [0.90, 0.91, 0.905], [0.95, 0.951, 0.949]
+    ref = st.ttest_rel(a, b)
+    d = [x - y for x, y in zip(a, b)]
+    sd = float(st.tstd(d))
+    assert ex.protocol == "tuned" and ex.comparators == ["adam", "signum", "adafactor", "ademamix"]
+    assert ex.effect == pytest.approx(sum(d) / 3)
+    assert (ex.lo, ex.hi) == pytest.approx(tuple(ref.confidence_interval()), rel=1e-9)
+    assert ex.mde == pytest.approx(mde(sd, 3)) and ex.seeds_needed == seeds_needed(0.0117, sd) and ex.claimed == 0.0117
+    assert ex.verdict == "not supported"  # EXAdam is 4.5 pt worse: the claimed +1.17 pt is ruled out
+    for x in ("signum", "adafactor", "ademamix"):
+        assert f"not tested: no runs of {x}" in ex.measured
+    assert "the verdict covers only the comparisons above" in ex.measured
+    cm = _row(ledger(tasks), "AdamCM", "better accuracy")
+    assert "not tested: no runs of sam" in cm.measured and "not tested: no runs of adamcg" in cm.measured
+    iso = _row(ledger(tasks), "Coupled Adam", "more isotropic")
+    assert iso.level == pytest.approx(1 - 0.05 / 2)  # Holm over two comparisons: the smaller p at alpha/2
+    late = _row(ledger(tasks, looks=1, max_looks=3), "Coupled Adam", "more isotropic")
+    assert late.hi - late.lo > iso.hi - iso.lo  # the first of three looks spends only part of alpha
+
+
+def test_open_comparisons_are_the_inconclusive_ones(results):
+    from adamlab.lab.claims import open_comparisons
+
+    tasks = load(results)["tasks"]
+    # adamcm and adam tie exactly on digits_cnn and word_lm: "better" is neither shown nor ruled out
+    assert open_comparisons(tasks, 1, 3) == {"digits_cnn": {"adam", "adamcm"}, "word_lm": {"adam", "adamcm"}}
+    assert open_comparisons(tasks, 3, 3) == {}  # no look left
+
+
+def test_pairing_by_seed_decides_where_welch_cannot():
+    from adamlab.lab.stats import welch
+
+    # the seed moves both optimizers by up to 5 pt; EXAdam is 2 pt better on every seed
+    base = {1000: 0.90, 1001: 0.95, 1002: 0.85, 1003: 0.92}
+    ex = {s: v + 0.02 + 0.001 * (s % 2) for s, v in base.items()}
+    tasks = {"digits_cnn": _task("digits_cnn", "vision", {"exadam": ex, "adam": base})}
+    row = _row(ledger(tasks), "EXAdam", "higher test accuracy than Adam on a CNN")
+    assert welch(list(ex.values()), list(base.values())).lo < 0  # unpaired: inconclusive
+    assert row.verdict == "supported" and row.lo > 0 and "paired t, n = 4" in row.measured
+    # the same values on different seeds cannot pair: Welch, and the row says so
+    moved = {s + 10: v for s, v in ex.items()}
+    tasks = {"digits_cnn": _task("digits_cnn", "vision", {"exadam": moved, "adam": base})}
+    row = _row(ledger(tasks), "EXAdam", "higher test accuracy than Adam on a CNN")
+    assert row.verdict == "inconclusive" and "Welch (0 common seeds)" in row.measured
+
+
+def test_an_underpowered_row_says_how_many_seeds_would_decide():
+    base = {1000: 0.90, 1001: 0.95, 1002: 0.85}
+    ex = {1000: 0.93, 1001: 0.93, 1002: 0.87}  # +1.3 pt on average, but +3/-2/+2 pt per seed
+    tasks = {"digits_cnn": _task("digits_cnn", "vision", {"exadam": ex, "adam": base})}
+    row = _row(ledger(tasks), "EXAdam", "higher test accuracy than Adam on a CNN")
+    assert row.verdict == "inconclusive" and row.mde > 0.0117
+    assert f"Underpowered: needs ~{row.seeds_needed:.0f} seeds to detect the claimed effect" in row.measured
+    assert row.seeds_needed > 3

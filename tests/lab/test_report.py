@@ -91,3 +91,30 @@ def test_file_names_in_the_summary_are_escaped(results, tmp_path):  # noqa: F811
     assert not re.search(r"(?<!\\)<", md) and "<img src=x" not in html  # no raw HTML: every < is escaped
     assert r"\<img src=x onerror=alert(1)\>.txt" in md  # shown literally by a Markdown viewer
     assert "&lt;img src=x onerror=alert(1)&gt;.txt" in html
+
+
+def test_claims_table_shows_effect_power_and_protocol(results):  # noqa: F811
+    from adamlab.lab.analysis import load
+    from adamlab.lab.claims import ledger
+
+    build_report(results)
+    md = open(os.path.join(results, "summary.md"), encoding="utf-8").read()
+    table = md.split("## Claims ledger")[1].split("## ")[0]
+    assert "| seed | claim | verdict | effect [CI] | MDE | seeds needed | protocol | measured | rule |" in table
+    ex = next(c for c in ledger(load(results)["tasks"]) if c.claim.startswith("higher test accuracy"))
+    line = next(x for x in table.splitlines() if "higher test accuracy than Adam on a CNN" in x)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:7] == ["not supported", f"{ex.effect:+.3g} [{ex.lo:+.3g}, {ex.hi:+.3g}]", f"{ex.mde:.2g}",
+                          f"{ex.seeds_needed:.0f}", "tuned"]
+    html = open(os.path.join(results, "report.html"), encoding="utf-8").read()
+    assert "<td class='notsupported'>not supported</td>" in html
+
+
+def test_claims_after_repeated_looks_use_the_spent_alpha(results):  # noqa: F811
+    s = Store(os.path.join(results, "adamlab.db"))
+    s.put_meta("config", {**s.get_meta("config"), "looks": 2, "max_looks": 3})
+    s.close()
+    build_report(results)
+    md = open(os.path.join(results, "summary.md"), encoding="utf-8").read()
+    line = next(x for x in md.splitlines() if "| Coupled Adam | more isotropic" in x)
+    assert "(99.2 %)" in line  # alpha 0.05 / 3 looks, Holm over two comparisons: 1 - 0.0167 / 2

@@ -103,7 +103,9 @@ def test_look_alpha_spends_alpha_over_the_looks():
     assert look_alpha(0.05, 1, 1) == 0.05
     levels = [look_alpha(0.05, k, 5) for k in range(1, 6)]
     assert sum(levels) == pytest.approx(0.05, rel=1e-12)
-    assert all(x > 0 for x in levels) and levels == sorted(levels, reverse=True)
+    assert levels == [0.01] * 5  # constant: a comparison decided at an early look stays decided later
+    with pytest.raises(ValueError):
+        look_alpha(0.05, 6, 5)
 
 
 def _sequential(effect, rounds=5, per_round=3, draws=4000, seed=4, naive=False):
@@ -138,3 +140,36 @@ def test_holm_levels_by_hand():
     rejected = [pi < lv for pi, lv in zip(p, holm_levels(p))]
     assert rejected == [a < 0.05 for a in holm(p)] == [True, False, False, True]
     assert holm_levels([0.2, float("nan")]) == pytest.approx([0.05, 0.05])
+
+
+def _opt(name, losses, seeds=(1000, 1001, 1002, 1003), extra=None):
+    from adamlab.lab.analysis import OptResult
+
+    runs = [{"seed": s, "initial_val_loss": 2.0, "final_val_loss": x, "best_val_loss": x, "diverged": False,
+             "final_val_acc": None, "step_time": None, "opt_step_time": None, "extra": dict(extra or {})}
+            for s, x in zip(seeds, losses)]
+    return OptResult(name, runs, [{} for _ in runs], [], 0, {})
+
+
+def test_by_seed_keys_values_by_seed():
+    o = _opt("adam", [1.0, 2.0, 3.0], seeds=(1002, 1000, 1001))
+    o.losses = [1.0, 2.0, 3.0]
+    assert o.by_seed() == {1002: 1.0, 1000: 2.0, 1001: 3.0}
+    o.runs[0]["extra"]["isotropy"], o.runs[1]["extra"]["isotropy"] = 0.5, float("nan")
+    assert o.by_seed("isotropy") == {1002: 0.5}
+    o.runs = []  # no seeds known: keys that never pair with another optimizer's
+    assert paired(o.by_seed(), {0: 1.0, 1: 2.0, 2: 3.0}).method.startswith("Welch")
+
+
+def test_top_group_and_lattice_pair_by_seed():
+    from adamlab.lab.analysis import TaskResult, _summarise, lattice
+
+    seed_shift = [0.0, 0.5, -0.4, 0.3]  # shared by both optimizers
+    adam = _opt("adam", [1.0 + s for s in seed_shift])
+    adamw = _opt("adamw", [1.02 + s + e for s, e in zip(seed_shift, [0.001, -0.001, 0.0, 0.002])])
+    t = TaskResult("t", "", "landscape", False, 10, {"adam": adam, "adamw": adamw})
+    _summarise(t)
+    assert welch(adamw.losses, adam.losses).p > 0.5  # unpaired, the 2 % gap drowns in the seed spread
+    assert t.top_group == {"adam"}  # paired, adamw is significantly worse on every seed
+    (r,) = lattice({"t": t})
+    assert r["method"] == "paired t" and r["n"] == 4 and r["status"] == "VIOLATION"

@@ -13,7 +13,7 @@ from statistics import median
 import numpy as np
 
 from .metrics import performance_profile, steps_to_target, target_loss
-from .stats import Summary, holm, mean_ci, welch
+from .stats import Summary, holm, mean_ci, paired
 from .store import Store
 
 # (specialisation, generalisation): once both are tuned, the left one should not win by more than noise
@@ -46,6 +46,25 @@ class OptResult:
 
     def extra(self, key: str) -> list:
         return [r["extra"][key] for r in self.runs if r["extra"].get(key) is not None]
+
+    def by_seed(self, what: str = "loss") -> dict:
+        """Final-run values keyed by seed, so that two optimizers' runs pair up (every optimizer's final runs
+        use the same seeds, and a seed fixes the model's initialisation and the data order alike for all).
+
+        `what`: "loss" (final held-out loss, a diverged run scoring the untrained loss), "acc", or a key of
+        the runs' extras (non-finite and missing values left out). Values without a known seed (no run row)
+        are keyed ("#", name, i) and never pair with another optimizer's."""
+        if what in ("loss", "acc"):
+            vals = self.losses if what == "loss" else self.accs
+            if len(self.runs) != len(vals) or any(r.get("seed") is None for r in self.runs):
+                return {("#", self.name, i): v for i, v in enumerate(vals)}
+            return {r["seed"]: v for r, v in zip(self.runs, vals)}
+        out = {}
+        for i, r in enumerate(self.runs):
+            v = (r.get("extra") or {}).get(what)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                out[r["seed"] if r.get("seed") is not None else ("#", self.name, i)] = float(v)
+        return out
 
     def summary_of(self, key: str) -> Summary | None:
         vals = [float(v) for v in self.extra(key) if isinstance(v, (int, float)) and math.isfinite(v)]
@@ -207,8 +226,9 @@ def _summarise(t: TaskResult) -> None:
         hi = len(means) - 1 - means[::-1].index(o.final_loss.mean)
         t.ranks[o.name] = (lo + hi) / 2 + 1
     leader = order[0]
+    # paired by seed (Welch where fewer than 2 seeds are common), not corrected for multiplicity: a wider top
     t.top_group = {o.name for o in order
-                   if o is leader or not (welch(o.losses, leader.losses).p < 0.05)}
+                   if o is leader or not (paired(o.by_seed(), leader.by_seed()).p < 0.05)}
 
 
 def leaderboard(tasks: dict[str, TaskResult]) -> list[dict]:
@@ -248,16 +268,18 @@ def overhead(tasks: dict[str, TaskResult], base: str = "adam", key: str = "step_
 
 
 def lattice(tasks: dict[str, TaskResult], alpha: float = 0.05, tolerance: float = 0.01) -> list[dict]:
-    """Welch test per (pair, task) on final losses, Holm-corrected over all rows. A difference only counts when
+    """Paired t-test per (pair, task) on final losses over common seeds (`stats.paired`: Welch when fewer
+    than 2 seeds are common), Holm-corrected over all rows. A difference only counts when
     it is significant and larger than `tolerance` x the task's loss range (initial - best): two optimizers
     that both sit in the same minimum to 1e-17 are not a violation."""
     rows = []
     for spec, gen in LATTICE:
         for t in tasks.values():
             if spec in t.opts and gen in t.opts:
-                c = welch(t.opts[spec].losses, t.opts[gen].losses)
+                c = paired(t.opts[spec].by_seed(), t.opts[gen].by_seed())
                 rows.append({"special": spec, "general": gen, "task": t.name, "diff": c.diff, "p": c.p,
-                             "lo": c.lo, "hi": c.hi, "scale": abs(t.initial - t.best_any)})
+                             "lo": c.lo, "hi": c.hi, "n": c.n, "method": c.method,
+                             "scale": abs(t.initial - t.best_any)})
     adj = holm([r["p"] for r in rows])
     for r, p in zip(rows, adj):
         r["p_holm"] = p

@@ -1,85 +1,77 @@
 """The claims ledger: every claim of the optimizers' papers under test, what was measured, and a verdict
 computed from the data.
 
-Verdict rules (stated with each row): for a directional claim "A is better than B by at least δ", with the
-95 % Welch CI [lo, hi] of the improvement: *supported* when lo > 0, *not supported* when hi < δ (the claimed
-effect is ruled out, including A being significantly worse), *inconclusive* otherwise. Rows that combine
-several comparisons count them: supported if most are supported and none contradict it, not supported if
-most are not supported, inconclusive otherwise. Missing data gives *not tested*.
+Comparisons of two optimizers' final runs are paired by seed (every optimizer's final runs use the same
+seeds); the verdict rules are in `rules` (supported: CI of the improvement above 0, Holm-corrected within
+a row; not supported: CI below the claimed effect δ; inconclusive otherwise, with the minimum detectable
+effect and the seeds that would decide). With repeated looks (`ledger(tasks, looks, max_looks)`) every
+test of a row runs at the look's spent alpha. Missing data gives *not tested*.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as st
 
-from .analysis import TaskResult, lattice, overhead
-from .stats import welch
+from .analysis import OptResult, TaskResult, lattice, overhead
+from .rules import Claim, I, N, Part, S, X, combine, evaluate, row  # noqa: E741, F401 (re-exported)
+from .stats import look_alpha, mde, paired, seeds_needed
 
-S, N, I, X = "supported", "not supported", "inconclusive", "not tested"  # noqa: E741 (the verdicts' initials)
-
-
-@dataclass
-class Claim:
-    seed: str
-    claim: str
-    measured: str
-    verdict: str
-    rule: str
+ALPHA = 0.05
+DIR_RULE = ("paired CI of the improvement (95 %, Holm-corrected within the row): lo > 0 supported; hi < δ not "
+            "supported; else inconclusive")
 
 
-def directional(a: list[float], b: list[float], delta: float) -> tuple[str, str]:
-    """Improvement = mean(a) - mean(b) (higher is better for the claim)."""
+def directional(a, b, delta: float) -> tuple[str, str]:
+    """Verdict and text for improvement = a - b, paired by seed (mappings) or position (sequences)."""
     if len(a) < 2 or len(b) < 2:
         return X, "too few runs"
-    c = welch(a, b)
-    if not math.isfinite(c.lo):
-        v = S if c.diff > delta else N if c.diff < delta else I
-        return v, f"{c.diff:+.3g} (no spread)"
-    v = S if c.lo > 0 else N if c.hi < delta else I
-    return v, f"{c.diff:+.3g} [{c.lo:+.3g}, {c.hi:+.3g}]"
+    da = dict(a) if isinstance(a, dict) else dict(enumerate(a))
+    db = dict(b) if isinstance(b, dict) else dict(enumerate(b))
+    p = evaluate([Part("", "a", "b", da, db, delta)], ALPHA)[0]
+    return p.verdict, p.text.split(": ", 1)[1]
 
 
-def combine(parts: list[tuple[str, str]]) -> tuple[str, str]:
-    parts = [p for p in parts if p[0] != X]
-    if not parts:
-        return X, "no task had both optimizers"
-    ns, nn = sum(p[0] == S for p in parts), sum(p[0] == N for p in parts)
-    ni = len(parts) - ns - nn
-    v = S if ns > nn + ni / 2 and nn == 0 else N if nn > ns + ni / 2 else I
-    return v, f"{ns} supported / {nn} not / {ni} inconclusive: " + "; ".join(p[1] for p in parts)
-
-
-def _vals(t: TaskResult, opt: str, what: str) -> list[float]:
+def _vals(t: TaskResult, opt: str, what: str) -> dict:
+    """Values of `opt`'s final runs on `t`, keyed by seed, signed so that higher is better for a claim."""
     o = t.opts[opt]
-    if what == "acc":
-        return list(o.accs)
-    if what == "-loss":
-        return [-x for x in o.losses]
     if what == "-logsharp":
-        return [-math.log(max(x, 1e-12)) for x in o.extra("sharpness") if math.isfinite(x)]
-    return [float(x) for x in o.extra(what) if x is not None and math.isfinite(x)]
+        return {k: -math.log(max(x, 1e-12)) for k, x in o.by_seed("sharpness").items()}
+    if what == "-latestd":
+        return {k: -x for k, x in _late_std(o).items()}
+    if what.startswith("-"):
+        return {k: -x for k, x in _vals(t, opt, what[1:]).items()}
+    return o.by_seed(what)  # "loss", "acc" or a key of the runs' extras
 
 
-def pairwise(tasks, names, a, b, what, delta, label=None):
+def _missing(tasks, names, opts) -> list[str]:
+    return [o for o in opts if not any(o in tasks[n].opts for n in names if n in tasks)]
+
+
+def pairwise(tasks, names, a, comparators, what, delta, label=None, deltas=None, show_means=0.0) -> list[Part]:
+    """The row's comparisons: `a` against each comparator on each named task where both ran (δ per
+    comparator from `deltas`, else `delta`)."""
     parts = []
-    for n in names:
-        t = tasks.get(n)
-        if t is None or a not in t.opts or b not in t.opts:
-            continue
-        v, txt = directional(_vals(t, a, what), _vals(t, b, what), delta)
-        parts.append((v, f"{label or n} {a} vs {b}: {txt}"))
+    for b in comparators:
+        for n in names:
+            t = tasks.get(n)
+            if t is None or a not in t.opts or b not in t.opts:
+                continue
+            va, vb = _vals(t, a, what), _vals(t, b, what)
+            if va and vb:
+                parts.append(Part(n, a, b, va, vb, (deltas or {}).get(b, delta), label or n, show_means))
     return parts
 
 
-def _late_std(t: TaskResult, opt: str) -> list[float]:
-    out = []
-    for c in t.opts[opt].curves:
-        vals = [v for v in c.get("val_loss", ([], [], []))[2]]
+def _late_std(o: OptResult) -> dict:
+    """Per seed: std of the held-out loss over the last 30 % of training (inf when it is not finite)."""
+    out = {}
+    for i, (r, c) in enumerate(zip(o.runs, o.curves)):
+        vals = list(c.get("val_loss", ([], [], []))[2])
         tail = vals[int(len(vals) * 0.7):]
-        out.append(float(np.std(tail)) if len(tail) > 1 and all(map(math.isfinite, tail)) else math.inf)
+        key = r.get("seed") if r.get("seed") is not None else ("#", o.name, i)
+        out[key] = float(np.std(tail)) if len(tail) > 1 and all(map(math.isfinite, tail)) else math.inf
     return out
 
 
@@ -95,17 +87,85 @@ def _escape_counts(t: TaskResult, opt: str, key: str) -> tuple[int, int]:
     return sum(vals), len(vals)
 
 
-def ledger(tasks: dict[str, TaskResult]) -> list[Claim]:
+def _rows(tasks: dict[str, TaskResult], alpha: float) -> list[tuple[Claim, list[Part]]]:
     nn_tasks = [n for n, t in tasks.items() if t.family in ("vision", "lm")]
     vision = [n for n, t in tasks.items() if t.family == "vision"]
     cnn = "cifar10_cnn" if "cifar10_cnn" in tasks else "digits_cnn"
     lm = [n for n in ("char_gpt", "word_lm") if n in tasks]
-    rows: list[Claim] = []
-    dir_rule = "Welch 95 % CI of the improvement: lo > 0 supported; hi < δ not supported; else inconclusive"
+    out: list[tuple[Claim, list[Part]]] = []
 
-    v, m = combine(pairwise(tasks, [cnn], "exadam", "adam", "acc", 0.0117))
-    rows.append(Claim("EXAdam", f"higher test accuracy than Adam on a CNN (paper: +1.17 pt on CIFAR-10); here {cnn}",
-                      m, v, dir_rule + " (δ = 1.17 pt)"))
+    def add(seed, claim, names, a, comps, what, delta, rule, claimed=None, deltas=None, show_means=0.0):
+        parts = pairwise(tasks, names, a, comps, what, delta, deltas=deltas, show_means=show_means)
+        miss = _missing(tasks, names, comps) if any(a in tasks[n].opts for n in names if n in tasks) else []
+        out.append((row(seed, claim, parts, comps, rule, missing=miss, claimed=claimed, alpha=alpha), parts))
+
+    ex = ["adam", "signum", "adafactor", "ademamix"]
+    add("EXAdam", f"higher test accuracy than Adam on a CNN (paper: +1.17 pt on CIFAR-10), and than Signum, AdaFactor "
+        f"and AdEMAMix; here {cnn}", [cnn], "exadam", ex, "acc", 0.0, DIR_RULE + " (δ = 1.17 pt vs Adam, "
+        "0 vs the others)", claimed=0.0117, deltas={"adam": 0.0117})
+    out.append((_faster(tasks, alpha), []))
+    cl, parts = _competitive(tasks, "char_gpt", "exadam", "adam", alpha)
+    out.append((cl, parts))
+    out.append((_overhead_claim(tasks), []))
+
+    add("AdamX", "better final accuracy than Adam/AdamW and AdaFactor", vision, "adamx", ["adam", "adamw", "adafactor"],
+        "acc", 0.005, DIR_RULE + " (δ = 0.5 pt)", claimed=0.005)
+    add("AdamX", "stabler late training (std of held-out loss over the last 30 % of training)", nn_tasks, "adamx",
+        ["adam", "adamw"], "-latestd", 0.0, DIR_RULE + " (δ = 0)")
+    add("AdamX", "flatter minima (lower top Hessian eigenvalue, compared in log)", nn_tasks, "adamx", ["adam", "adamw"],
+        "-logsharp", 0.0, DIR_RULE + " (δ = 0)")
+
+    out.append((_ademamix_speed(tasks, lm), []))
+    add("AdEMAMix", "forgets training data more slowly (char GPT: loss gap between an unseen batch and the batch "
+        "trained on at 10 % of training, at the end)", ["char_gpt"], "ademamix", ["adamw"], "retention", 0.0,
+        DIR_RULE + " (δ = 0)")
+
+    out.append((_escape_claim(tasks, alpha), []))
+    add("AdamCM", "flatter solutions than Adam (top Hessian eigenvalue, log)", nn_tasks, "adamcm", ["adam"],
+        "-logsharp", 0.0, DIR_RULE + " (δ = 0)")
+    cm = ["adam", "adamcg", "sam"]
+    parts = pairwise(tasks, vision, "adamcm", cm, "acc", 0.0) + pairwise(tasks, lm, "adamcm", cm, "-loss", 0.0)
+    miss = _missing(tasks, vision + lm, cm) if any("adamcm" in tasks[n].opts for n in vision + lm) else []
+    out.append((row("AdamCM", "better accuracy (vision) / loss (LM) than Adam, Adam+CG and Adam+SAM", parts, cm,
+                    DIR_RULE + " (δ = 0)", missing=miss, alpha=alpha), parts))
+
+    add("Coupled Adam", "more isotropic embeddings (paper: Iso 0.10 → 0.83)", lm, "coupledadam", ["adamw", "adam"],
+        "isotropy", 0.73, DIR_RULE + " (δ = 0.73, the paper's gain)", claimed=0.73, show_means=1)
+    add("Coupled Adam", "mean-embedding ratio nearer 0", lm, "coupledadam", ["adamw", "adam"], "-mean_embedding_ratio",
+        0.05, DIR_RULE + " (δ = 0.05)", show_means=-1)
+    add("Coupled Adam", "slightly lower loss than AdamW", lm, "coupledadam", ["adamw"], "-loss", 0.0,
+        DIR_RULE + " (δ = 0)")
+
+    lat = lattice(tasks, alpha=alpha)
+    bad = [r for r in lat if r["status"] == "VIOLATION"]
+    v = X if not lat else (N if bad else S)
+    m = (f"{len(lat)} (pair, task) comparisons, {len(bad)} violations after Holm correction"
+         + (": " + "; ".join(f"{r['special']} beat {r['general']} on {r['task']}" for r in bad[:6]) if bad else ""))
+    out.append((Claim("Notes", "a tuned generalisation never underperforms its specialisation (Choi et al.)",
+                      verdict=v, measured=m, rule="paired t-test per (pair, task), Holm-corrected p < α in favour of "
+                      "the specialisation = violation"), []))
+    return out
+
+
+def ledger(tasks: dict[str, TaskResult], looks: int = 1, max_looks: int = 1) -> list[Claim]:
+    """The claims, tested at the alpha that look `looks` of at most `max_looks` may spend (0.05 for one)."""
+    return [c for c, _ in _rows(tasks, look_alpha(ALPHA, looks, max_looks))]
+
+
+def open_comparisons(tasks: dict[str, TaskResult], looks: int, max_looks: int) -> dict[str, set[str]]:
+    """Task -> optimizers whose final runs should get another round of seeds: those in a claim comparison that
+    is still inconclusive (neither supported nor ruled out) at look `looks`. Empty once no look is left."""
+    if looks >= max_looks:
+        return {}
+    out: dict[str, set[str]] = {}
+    for _, parts in _rows(tasks, look_alpha(ALPHA, looks, max_looks)):
+        for p in parts:
+            if p.verdict == I:
+                out.setdefault(p.task, set()).update((p.a, p.b))
+    return out
+
+
+def _faster(tasks, alpha) -> Claim:
     faster = []
     for t in tasks.values():
         if "exadam" in t.opts and "adam" in t.opts:
@@ -113,92 +173,47 @@ def ledger(tasks: dict[str, TaskResult]) -> list[Claim]:
             if math.isfinite(a) or math.isfinite(b):
                 faster.append(a < b if a != b else None)
     wins, losses = sum(f is True for f in faster), sum(f is False for f in faster)
+    rule = "sign test over tasks: p < α in favour supported; not faster on most tasks not supported"
     if wins + losses == 0:
-        v, m = X, "no task reached the target"
-    else:
-        p = st.binomtest(wins, wins + losses, 0.5).pvalue
-        v = S if wins > losses and p < 0.05 else N if wins <= losses else I
-        m = f"EXAdam reached the target first on {wins} tasks, Adam on {losses} (sign test p = {p:.2g})"
-    rows.append(Claim("EXAdam", "faster convergence than Adam (steps to target)", m, v,
-                      "sign test over tasks: p < 0.05 in favour supported; not faster on most tasks not supported"))
-    v, m = combine(_competitive(tasks, "char_gpt", "exadam", "adam"))
-    rows.append(Claim("EXAdam", "competitive with Adam on char-level GPT/Shakespeare", m, v,
-                      "held-out loss worse by < 2 % of Adam's (95 % CI) supported; worse by > 2 % not supported"))
-    rows.append(_overhead_claim(tasks))
-
-    parts = [p for b in ("adam", "adamw") for p in pairwise(tasks, vision, "adamx", b, "acc", 0.005)]
-    v, m = combine(parts)
-    rows.append(Claim("AdamX", "better final accuracy than Adam/AdamW", m, v, dir_rule + " (δ = 0.5 pt)"))
-    parts = []
-    for n in nn_tasks:
-        t = tasks[n]
-        for b in ("adam", "adamw"):
-            if "adamx" in t.opts and b in t.opts:
-                x = directional([-s for s in _late_std(t, "adamx")], [-s for s in _late_std(t, b)], 0.0)
-                parts.append((x[0], f"{n} vs {b}: {x[1]}"))
-    v, m = combine(parts)
-    rows.append(Claim("AdamX", "stabler late training (std of held-out loss over the last 30 % of training)", m, v,
-                      dir_rule + " (δ = 0)"))
-    v, m = combine([p for b in ("adam", "adamw") for p in pairwise(tasks, nn_tasks, "adamx", b, "-logsharp", 0.0)])
-    rows.append(Claim("AdamX", "flatter minima (lower top Hessian eigenvalue, compared in log)", m, v, dir_rule + " (δ = 0)"))
-
-    rows.append(_ademamix_speed(tasks, lm))
-    v, m = combine(pairwise(tasks, ["char_gpt"], "ademamix", "adamw", "retention", 0.0))
-    rows.append(Claim("AdEMAMix", "forgets training data more slowly (char GPT: loss gap between an unseen batch and "
-                      "the batch trained on at 10 % of training, at the end)", m, v, dir_rule + " (δ = 0)"))
-
-    rows.append(_escape_claim(tasks))
-    v, m = combine(pairwise(tasks, nn_tasks, "adamcm", "adam", "-logsharp", 0.0))
-    rows.append(Claim("AdamCM", "flatter solutions than Adam (top Hessian eigenvalue, log)", m, v, dir_rule + " (δ = 0)"))
-    parts = [p for b in ("adam", "adamcg") for p in pairwise(tasks, vision, "adamcm", b, "acc", 0.0)]
-    parts += [p for b in ("adam", "adamcg") for p in pairwise(tasks, lm, "adamcm", b, "-loss", 0.0)]
-    v, m = combine(parts)
-    rows.append(Claim("AdamCM", "better accuracy (vision) / loss (LM) than Adam and Adam+CG", m, v, dir_rule + " (δ = 0)"))
-
-    for key, label, sign, delta in (("isotropy", "more isotropic embeddings (paper: Iso 0.10 → 0.83)", 1, 0.05),
-                                    ("mean_embedding_ratio", "mean-embedding ratio nearer 0", -1, 0.05)):
-        parts = []
-        for b in ("adamw", "adam"):
-            for n in lm:
-                t = tasks[n]
-                a_, b_ = (_vals(t, o, key) if o in t.opts else [] for o in ("coupledadam", b))
-                if a_ and b_:
-                    x = directional([sign * y for y in a_], [sign * y for y in b_], delta)
-                    parts.append((x[0], f"{n} vs {b}: {np.mean(a_):.3g} vs {np.mean(b_):.3g}, improvement {x[1]}"))
-        v, m = combine(parts)
-        rows.append(Claim("Coupled Adam", label, m, v, dir_rule + f" (δ = {delta})"))
-    v, m = combine(pairwise(tasks, lm, "coupledadam", "adamw", "-loss", 0.0))
-    rows.append(Claim("Coupled Adam", "slightly lower loss than AdamW", m, v, dir_rule + " (δ = 0)"))
-
-    lat = lattice(tasks)
-    bad = [r for r in lat if r["status"] == "VIOLATION"]
-    v = X if not lat else (N if bad else S)
-    m = (f"{len(lat)} (pair, task) comparisons, {len(bad)} violations after Holm correction"
-         + (": " + "; ".join(f"{r['special']} beat {r['general']} on {r['task']}" for r in bad[:6]) if bad else ""))
-    rows.append(Claim("Notes", "a tuned generalisation never underperforms its specialisation (Choi et al.)", m, v,
-                      "Welch test per (pair, task), Holm-corrected p < 0.05 in favour of the specialisation = violation"))
-    return rows
+        return Claim("EXAdam", "faster convergence than Adam (steps to target)", comparators=["adam"], verdict=X,
+                     measured="no task reached the target", rule=rule)
+    p = st.binomtest(wins, wins + losses, 0.5).pvalue
+    v = S if wins > losses and p < alpha else N if wins <= losses else I
+    return Claim("EXAdam", "faster convergence than Adam (steps to target)", comparators=["adam"], verdict=v, rule=rule,
+                 measured=f"EXAdam reached the target first on {wins} tasks, Adam on {losses} (sign test p = {p:.2g})")
 
 
-def _competitive(tasks, name, a, b):
+def _competitive(tasks, name, a, b, alpha) -> tuple[Claim, list[Part]]:
+    """Non-inferiority: held-out loss of a minus b (paired), margin 2 % of b's mean loss."""
+    rule = "held-out loss worse by < 2 % of Adam's (paired CI hi below the margin) supported; worse by > 2 % not supported"
+    claim = Claim("EXAdam", "competitive with Adam on char-level GPT/Shakespeare", comparators=[b], rule=rule)
     t = tasks.get(name)
     if t is None or a not in t.opts or b not in t.opts:
-        return []
-    ref = abs(t.opts[b].final_loss.mean)
-    c = welch(t.opts[a].losses, t.opts[b].losses)  # loss difference, lower is better for a
-    margin = 0.02 * ref
+        claim.measured = "no run of the task with both optimizers"
+        return claim, []
+    margin = 0.02 * abs(t.opts[b].final_loss.mean)
+    c = paired(t.opts[a].by_seed(), t.opts[b].by_seed(), level=1 - alpha)
     v = S if c.hi < margin else N if c.lo > margin else I
-    return [(v, f"{name}: {a} − {b} held-out loss {c.diff:+.3g} [{c.lo:+.3g}, {c.hi:+.3g}], margin {margin:.3g}")]
+    part = Part(name, a, b, t.opts[a].by_seed(), t.opts[b].by_seed(), comp=c, level=1 - alpha, verdict=v)
+    claim.verdict, claim.effect, claim.lo, claim.hi, claim.level = v, c.diff, c.lo, c.hi, 1 - alpha
+    if c.n >= 2:
+        claim.mde, claim.seeds_needed = mde(c.sd, c.n, alpha), seeds_needed(margin, c.sd, alpha)
+    claim.measured = (f"{name}: {a} − {b} held-out loss {c.diff:+.3g} [{c.lo:+.3g}, {c.hi:+.3g}] ({c.method}), "
+                      f"margin {margin:.3g}")
+    return claim, [part]
 
 
 def _overhead_claim(tasks) -> Claim:
     oh = overhead(tasks, "adam", "step_time").get("exadam")
     rule = "geometric mean over tasks of EXAdam/Adam step time: CI hi ≤ 1.05 supported; CI lo > 1.05 not supported"
+    claim = Claim("EXAdam", "~2.5 % time overhead over Adam", comparators=["adam"], rule=rule)
     if not oh:
-        return Claim("EXAdam", "~2.5 % time overhead over Adam", "no data", X, rule)
-    v = S if oh["hi"] <= 1.05 else N if oh["lo"] > 1.05 else I
-    return Claim("EXAdam", "~2.5 % time overhead over Adam",
-                 f"step time ×{oh['ratio']:.3f} [{oh['lo']:.3f}, {oh['hi']:.3f}] over {oh['n']} tasks", v, rule)
+        claim.measured = "no data"
+        return claim
+    claim.verdict = S if oh["hi"] <= 1.05 else N if oh["lo"] > 1.05 else I
+    claim.effect, claim.lo, claim.hi = oh["ratio"], oh["lo"], oh["hi"]
+    claim.measured = f"step time ×{oh['ratio']:.3f} [{oh['lo']:.3f}, {oh['hi']:.3f}] over {oh['n']} tasks"
+    return claim
 
 
 def _ademamix_speed(tasks, lm) -> Claim:
@@ -216,12 +231,13 @@ def _ademamix_speed(tasks, lm) -> Claim:
         parts.append((v, f"{n}: AdEMAMix reached AdamW's final loss {target:.3g} in {reached}/{len(a)} seeds, "
                          f"median steps {ma:.0f} vs {mb:.0f} (ratio {ratio:.2f})"))
     v, m = combine(parts)
-    return Claim("AdEMAMix", "reaches AdamW's loss with far fewer steps (paper: 101B vs 197B tokens)", m, v,
-                 "median steps to AdamW's final loss: all seeds reach it and ratio ≤ 0.8 supported; ratio ≥ 1 "
-                 "or most seeds never reach it not supported")
+    return Claim("AdEMAMix", "reaches AdamW's loss with far fewer steps (paper: 101B vs 197B tokens)",
+                 comparators=["adamw"], verdict=v, measured=m,
+                 rule="median steps to AdamW's final loss: all seeds reach it and ratio ≤ 0.8 supported; ratio ≥ 1 "
+                      "or most seeds never reach it not supported")
 
 
-def _escape_claim(tasks) -> Claim:
+def _escape_claim(tasks, alpha) -> Claim:
     parts = []
     for n, key in (("sharp_flat", "escaped_sharp"), ("ackley", "reached_global"), ("goldstein_price", "reached_global")):
         t = tasks.get(n)
@@ -231,10 +247,11 @@ def _escape_claim(tasks) -> Claim:
         if not na or not nb:
             continue
         p = st.fisher_exact([[ka, na - ka], [kb, nb - kb]], alternative="greater").pvalue
-        v = S if p < 0.05 else N if ka / na <= kb / nb else I
+        v = S if p < alpha else N if ka / na <= kb / nb else I
         parts.append((v, f"{n}: AdamCM {ka}/{na} vs Adam {kb}/{nb} runs ({key}, tuning trials + seeds; "
                          f"Fisher p = {p:.2g})"))
     v, m = combine(parts)
-    return Claim("AdamCM", "escapes sharp minima on toy landscapes (sharp/flat, Ackley, Goldstein-Price)", m, v,
-                 "one-sided Fisher exact test on escape counts: p < 0.05 supported; rate not higher than Adam's "
-                 "not supported")
+    return Claim("AdamCM", "escapes sharp minima on toy landscapes (sharp/flat, Ackley, Goldstein-Price)",
+                 comparators=["adam"], verdict=v, measured=m,
+                 rule="one-sided Fisher exact test on escape counts: p < α supported; rate not higher than Adam's "
+                      "not supported")

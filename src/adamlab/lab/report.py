@@ -121,7 +121,8 @@ def build_report(out_dir: str, storage: str | None = None) -> str:
     tasks = {n: t for n, t in tasks.items() if t.opts}
     board = leaderboard(tasks)
     oh = overhead(tasks, "adam", "step_time")
-    claims = ledger(tasks)
+    max_looks = max(int(cfg.get("max_looks") or 1), 1)  # --until-decided: the verdicts spend alpha over the looks
+    claims = ledger(tasks, looks=min(max(int(cfg.get("looks") or max_looks), 1), max_looks), max_looks=max_looks)
     lat = lattice(tasks)
     figs = {}
     for name, fn in plots.FIGURES.items():
@@ -138,7 +139,7 @@ def build_report(out_dir: str, storage: str | None = None) -> str:
              f"setting was then re-run with {cfg.get('seeds')} fresh seeds. "
              f"All ± are 95 % t-intervals over those seeds. Target = {90} % of the way from the initial loss to "
              f"the best mean loss any optimizer reached. Bold = not significantly worse than the task's leader "
-             f"(Welch p ≥ 0.05). Diverged runs score the untrained loss. Generated {when}; "
+             f"(paired by seed, p ≥ 0.05). Diverged runs score the untrained loss. Generated {when}; "
              f"compute time {(meta.get('elapsed') or 0) / 60:.1f} min.")
     not_run = {**{n: f"not run: {why}" for n, why in (meta.get("skipped") or {}).items()},
                **{n: f"failed, its data cannot make it: {why}" for n, why in (meta.get("failed") or {}).items()}}
@@ -149,8 +150,9 @@ def build_report(out_dir: str, storage: str | None = None) -> str:
     lb_rows = [[r["optimizer"], f"{r['mean_rank']:.2f}", f"{r['top']}/{r['tasks']}", str(r["wins"]), str(r["diverged"]),
                 f"{oh[r['optimizer']]['ratio']:.3f}" if r["optimizer"] in oh else "–",
                 f"{oh_opt[r['optimizer']]['ratio']:.2f}" if r["optimizer"] in oh_opt else "–"] for r in board]
-    cl_head = ["seed", "claim", "verdict", "measured", "rule"]
-    cl_rows = [[c.seed, c.claim, c.verdict, c.measured, c.rule] for c in claims]
+    cl_head = ["seed", "claim", "verdict", "effect [CI]", "MDE", "seeds needed", "protocol", "measured", "rule"]
+    cl_rows = [[c.seed, c.claim, c.verdict, _effect(c), _f(c.mde, 2), _seeds(c.seeds_needed), c.protocol, c.measured,
+                c.rule] for c in claims]
     lat_bad = [r for r in lat if r["status"] != "within noise"]
     lat_head = ["specialisation", "generalisation", "task", "mean loss diff (spec − gen)", "95 % CI", "Holm p", "status"]
     lat_rows = [[r["special"], r["general"], r["task"], _f(r["diff"]), f"[{_f(r['lo'])}, {_f(r['hi'])}]",
@@ -164,7 +166,11 @@ def build_report(out_dir: str, storage: str | None = None) -> str:
                 ("Claims ledger", "Each claim the optimizers' papers make (and, under Notes, what a tuned "
                  "generalisation should do), tested at this small scale. The verdict is computed from the runs by "
                  "the rule in its row: supported, not supported (the claimed effect is ruled out), inconclusive, or "
-                 "not tested (a task or optimizer it needs did not run).",
+                 "not tested (a task or optimizer it needs did not run). Final runs of all optimizers share their "
+                 "seeds, so two optimizers are compared paired by seed. Effect [CI]: the row's first comparison "
+                 "(improvement, in the row's units; Holm-corrected level where a row combines comparisons). MDE: "
+                 "the smallest true effect that comparison's test detects with 80 % power. Seeds needed: seeds "
+                 "for 80 % power against the paper's stated effect (or, where it states none, the observed one).",
                  md_table(cl_head, cl_rows), _claims_html(cl_head, cl_rows), None),
                 ("Inclusion lattice (sanity check)", lat_txt, md_table(lat_head, lat_rows), html_table(lat_head, lat_rows),
                  None)]
@@ -221,12 +227,25 @@ def _md_inline(text: str) -> str:
     return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def _effect(c) -> str:
+    if not math.isfinite(c.effect):
+        return "–"
+    if not (math.isfinite(c.lo) and math.isfinite(c.hi)):
+        return f"{c.effect:+.3g}"
+    level = "" if abs(c.level - 0.95) < 1e-9 else f" ({100 * c.level:.3g} %)"
+    return f"{c.effect:+.3g} [{c.lo:+.3g}, {c.hi:+.3g}]{level}"
+
+
+def _seeds(n: float) -> str:
+    return "–" if math.isnan(n) else f"{n:.0f}" if math.isfinite(n) else "> 10⁶"
+
+
 def _claims_html(head, rows) -> str:
     cls = {"supported": "supported", "not supported": "notsupported", "inconclusive": "inconclusive"}
     out = "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
     for r in rows:
         out += "<tr>" + "".join(
-            f"<td class='{cls.get(c, '')}'>{html.escape(c)}</td>" if i == 2 else f"<td>{html.escape(c)}</td>"
+            f"<td class='{cls.get(c, '')}'>{html.escape(c)}</td>" if head[i] == "verdict" else f"<td>{html.escape(c)}</td>"
             for i, c in enumerate(r)) + "</tr>"
     return out + "</table>"
 

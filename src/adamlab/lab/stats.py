@@ -218,25 +218,22 @@ def seeds_needed(effect: float, sd_diff: float, alpha: float = 0.05, power: floa
     return hi
 
 
-def spent_alpha(alpha: float, t: float) -> float:
-    """Lan-DeMets Pocock-type spending function: alpha*(t) = alpha·ln(1 + (e - 1)·t), t ∈ [0, 1] the
-    information fraction, alpha*(0) = 0 and alpha*(1) = alpha."""
-    return alpha * math.log(1 + (math.e - 1) * min(max(t, 0.0), 1.0))
-
-
 def look_alpha(alpha: float, look: int, max_looks: int) -> float:
-    """The level a test may use at look `look` (1-based) of at most `max_looks` equally sized looks:
-    alpha_k = alpha*(k/K) - alpha*((k-1)/K) with the Pocock-type spending function above.
+    """The level every test may use at look `look` (1-based) of at most `max_looks` looks: alpha/K
+    (Bonferroni alpha spending, the same at every look).
 
-    The increments sum to alpha, so by the union bound the probability of any false rejection over all K
-    looks is at most alpha whatever the correlation between looks (conservative against the exact
-    group-sequential boundary). Pocock-type spending rather than O'Brien-Fleming: the lab's first looks
-    have 3 seeds, where an O'Brien-Fleming level (~1e-5 at look 1 of 5) could never decide anything.
-    K = 1 gives alpha."""
-    if max_looks <= 1:
-        return alpha
-    k = min(max(int(look), 1), int(max_looks))
-    return spent_alpha(alpha, k / max_looks) - spent_alpha(alpha, (k - 1) / max_looks)
+    Each comparison is tested at most K times at alpha/K, so by the union bound the probability of any
+    false rejection over all K looks is at most alpha, whatever the correlation between looks. A constant
+    level rather than a spending function (Pocock, O'Brien-Fleming) whose increments change from look to
+    look: the ledger re-tests every comparison at the latest look, including those whose seeds stopped
+    growing at an earlier look because they were already decided, and with a constant level a decided
+    comparison stays decided. (O'Brien-Fleming's ~1e-5 at the first of 5 looks could also never decide
+    anything with the lab's first 3 seeds.) K = 1 gives alpha; `look` is accepted for the interface and
+    checked to lie in 1..K."""
+    k = max(int(max_looks), 1)
+    if not 1 <= int(look) <= k:
+        raise ValueError(f"look {look} is not in 1..{k}")
+    return alpha / k
 
 
 def holm_levels(pvalues: Sequence[float], alpha: float = 0.05) -> list[float]:
