@@ -108,7 +108,9 @@ def _make_schedulefree(model_or_params: Any, params: dict[str, Any]) -> Optimize
     groups = _decay_groups(model_or_params, wd)
     if not isinstance(model_or_params, nn.Module):
         kw["weight_decay"] = wd
-    return schedulefree.AdamWScheduleFree(groups, **kw)
+    opt = schedulefree.AdamWScheduleFree(groups, **kw)
+    opt.train()  # (x = y = z at the start: nothing moves) a loop that knows no modes can still step it
+    return opt
 
 
 # ---------------------------------------------------------------------- Muon + AdamW
