@@ -31,6 +31,7 @@ SETTINGS: dict[str, list[dict]] = {
     "adamcg": [dict(lr=0.01), dict(lr=0.01, buffer_size=3, aggregation="mean", synced=False, weight_decay=0.1),
                dict(lr=0.01, aggregation="mid")],
     "coupledadam": [dict(lr=0.01), dict(lr=0.01, coupled_scale=0.5, weight_decay=0.0)],
+    "signum": [dict(lr=0.01), dict(lr=0.01, momentum=0.0, maximize=True), dict(lr=0.01, momentum=0.5, weight_decay=0.1)],
 }
 CASES = [(name, kw) for name, kws in SETTINGS.items() for kw in kws]
 IDS = [f"{name}-{i}" for name in SETTINGS for i in range(len(SETTINGS[name]))]
@@ -67,7 +68,7 @@ def test_exact_resume(name, kw):
     assert resume_matches(make(name, **kw), k=7, total=16)
 
 
-LR = {"sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "adagrad": 0.5, "rmsprop": 0.02, "exadam": 0.005}
+LR = {"sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "adagrad": 0.5, "rmsprop": 0.02, "exadam": 0.005, "signum": 0.02}
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))

@@ -24,7 +24,7 @@ SETTINGS = {
     "amsgrad": dict(lr=0.01), "exadam": dict(lr=0.01, dynamic_step_size=True), "adamx": dict(lr=0.01),
     "ademamix": dict(lr=0.01, alpha=8.0, alpha_warmup=6, beta3_warmup=6, weight_decay=0.1),
     "adamcm": dict(lr=0.01, buffer_size=3), "adamcg": dict(lr=0.01, buffer_size=3),
-    "coupledadam": dict(lr=0.01),
+    "coupledadam": dict(lr=0.01), "signum": dict(lr=0.01, momentum=0.5, weight_decay=0.1),
 }
 
 

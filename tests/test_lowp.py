@@ -20,6 +20,7 @@ MINIMUM = [
     ("exadam", {}, 8), ("adamx", {}, 8), ("ademamix", {}, 12), ("ademamix", dict(betas=(0.0, 0.999, 0.9999)), 8),
     ("adamcm", {}, (5 + 2) * 4), ("adamcm", dict(buffer_size=3), (3 + 2) * 4), ("adamcm", dict(kappa=0.0), 8),
     ("adamcg", {}, (10 + 2) * 4), ("coupledadam", {}, 8),
+    ("signum", {}, 4), ("signum", dict(momentum=0.0), 0),
 ]
 IDS = [f"{n}-{i}" for i, (n, _, _) in enumerate(MINIMUM)]
 

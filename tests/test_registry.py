@@ -7,7 +7,7 @@ import adamlab
 from adamlab.registry import Choice, Float, IntRange, LogFloat, OneMinusLog, get_optimizer_info
 
 SPEC_NAMES = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "amsgrad", "exadam",
-              "adamx", "ademamix", "adamcm", "adamcg", "coupledadam"]
+              "adamx", "ademamix", "adamcm", "adamcg", "coupledadam", "signum"]
 
 
 def test_names():

@@ -146,7 +146,7 @@ def _edit(sd, key, value):
 
 
 WITH_STATE = ["momentum", "adam", "amsgrad", "adamw", "exadam", "adamx", "ademamix", "adamcm", "adamcg", "coupledadam",
-              "rmsprop", "adagrad"]
+              "rmsprop", "adagrad", "signum"]
 BAD_CASES = [(name, bad) for name in ["sgd"] + WITH_STATE for bad in BAD
              if name != "sgd" or bad not in ("a shape that is not the parameter's", "None where a tensor belongs")]
 

@@ -117,6 +117,9 @@ _ROWS = [
               dict(_ADAM_SPACE, buffer_size=IntRange(2, 20), priority_decay=Float(0.5, 0.99))),
     OptimInfo("coupledadam", "CoupledAdam", "Coupled Adam: one shared second moment across the vocabulary",
               "Stollenwerk & Stollenwerk 2025, arXiv:2502.08441", {}, 2, dict(_ADAM_SPACE, weight_decay=_WD)),
+    OptimInfo("signum", "Signum", "Signum: the sign of a gradient EMA (momentum 0 is signSGD)",
+              "Bernstein et al. 2018, arXiv:1802.04434", {}, 0,
+              dict(lr=LogFloat(1e-6, 1e-1), momentum=OneMinusLog(1e-3, 0.5), weight_decay=_WD)),
 ]
 _REGISTRY = {row.name: row for row in _ROWS}
 

@@ -1,6 +1,7 @@
-"""The bridge to the optimizer side: registry search spaces -> Optuna suggestions -> create_optimizer.
+"""The bridge to the optimizer side: search spaces -> Optuna suggestions -> an optimizer.
 
-Only this module talks to adamlab.registry, so the contract lives in one place.
+Only this module talks to adamlab.registry and to the comparators' table (:mod:`adamlab.lab.comparators`), so
+the contract lives in one place: a name is a registry row or a comparator row, and every function here takes both.
 """
 from __future__ import annotations
 
@@ -12,15 +13,21 @@ import optuna
 from adamlab import create_optimizer, list_optimizers
 from adamlab.registry import Choice, Float, IntRange, LogFloat, OneMinusLog, get_optimizer_info
 
+from . import comparators
+
 __all__ = ["all_optimizers", "search_space", "suggest", "default_params", "build_optimizer",
            "optuna_key", "describe_space"]
 
 
 def all_optimizers() -> list[str]:
-    return list(list_optimizers())
+    """The registry's names, then the comparators that can be built here (one whose package is missing is left
+    out: a claim against it is then reported as not tested)."""
+    return list(list_optimizers()) + [n for n in comparators.names() if comparators.available(n)[0]]
 
 
 def search_space(name: str) -> dict[str, Any]:
+    if comparators.is_comparator(name):
+        return dict(comparators.get(name).search_space)
     return dict(get_optimizer_info(name).search_space)
 
 
@@ -49,18 +56,30 @@ def suggest(trial: optuna.Trial, name: str) -> dict[str, Any]:
 
 
 def default_params(name: str) -> dict[str, Any]:
-    """The registry defaults, expressed in Optuna parameter names (for enqueueing trial 0)."""
+    """The registry defaults (a comparator's recommended setting), in Optuna parameter names (for enqueueing trial
+    0)."""
+    if comparators.is_comparator(name):
+        return _in_optuna_names(name, comparators.get(name).defaults)
     info = get_optimizer_info(name)
     d = dict(info.defaults)
     betas = d.get("betas") or _signature_default(info.cls, "betas")
     fixed: dict[str, Any] = {}
-    for key, spec in search_space(name).items():
+    for key in search_space(name):
         if key in d:
             val = d[key]
         elif key.startswith("beta") and key[4:].isdigit() and betas is not None and int(key[4:]) <= len(betas):
             val = betas[int(key[4:]) - 1]
         else:
             val = _signature_default(info.cls, key)
+        if val is not None:
+            fixed[key] = val
+    return _in_optuna_names(name, fixed)
+
+
+def _in_optuna_names(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    fixed: dict[str, Any] = {}
+    for key, spec in search_space(name).items():
+        val = values.get(key)
         if val is None:
             continue
         if isinstance(spec, OneMinusLog):
@@ -96,6 +115,10 @@ def params_from_optuna(name: str, optuna_params: dict[str, Any]) -> dict[str, An
 
 
 def build_optimizer(name: str, model_or_params, params: dict[str, Any]):
+    """The optimizer ``name`` with keyword settings ``params``; a comparator's carries its capabilities (what the
+    training loop must do for it: :func:`adamlab.lab.comparators.capabilities`)."""
+    if comparators.is_comparator(name):
+        return comparators.build(name, model_or_params, params)
     return create_optimizer(name, model_or_params, **params)
 
 

@@ -5,6 +5,11 @@ other programs, share the CPU. Here every optimizer steps the same task's parame
 gradients, in rounds that rotate the order, in one process after the pool is done; the median over all timed
 steps is the optimizer's step time. The forward/backward time is the same for every optimizer, so a whole
 training step is that (pooled from the training runs) plus the measured optimizer step.
+
+An optimizer that steps only through a closure (SAM) is given one that puts the fixed gradients back, with no
+forward or backward pass: its time here is its own arithmetic (perturbing, restoring, the base step), not its
+second forward/backward, which only its training runs' step times include. An optimizer with train/eval modes
+(schedule-free) is put in train mode first.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from statistics import median
 import torch
 
 from . import space
+from .comparators import capabilities
 from .tasks import Task
 
 
@@ -41,6 +47,15 @@ def _params(model) -> list[torch.Tensor]:
     return list(model.parameters()) if isinstance(model, torch.nn.Module) else list(model)
 
 
+def _fixed_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]):
+    """A closure that gives every parameter its fixed gradient again (no forward or backward pass)."""
+    def closure():
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        return None
+    return closure
+
+
 def step_times(task: Task, params_by_opt: dict[str, dict], rounds: int = 5, steps: int = 10) -> dict[str, float]:
     """Median seconds per optimizer.step() for each optimizer, on `task`'s parameters."""
     proto = capture_parameters(task)
@@ -54,10 +69,14 @@ def step_times(task: Task, params_by_opt: dict[str, dict], rounds: int = 5, step
             for p, g in zip(_params(model), grads):
                 p.grad = g.clone()
             opt = space.build_optimizer(name, model, params_by_opt[name])
+            caps = capabilities(opt)
+            if caps.train_eval:
+                opt.train()
+            closure = _fixed_gradients(_params(model), grads) if caps.needs_closure else None
             with torch.no_grad():
-                opt.step()  # state initialisation is not part of the steady-state cost
+                opt.step(closure)  # state initialisation is not part of the steady-state cost
                 for _ in range(steps):  # each step timed alone: the median shrugs off preemption spikes
                     t0 = time.perf_counter()
-                    opt.step()
+                    opt.step(closure)
                     times[name].append(time.perf_counter() - t0)
     return {n: float(median(ts)) for n, ts in times.items()}

@@ -8,8 +8,10 @@ from .ademamix import AdEMAMix
 from .coupled import CoupledAdam
 from .critical import AdamCG, AdamCM
 from .exadam import EXAdam
+from .sam import SAM
 from .sgd import SGD, Adagrad, RMSprop
+from .signum import Signum
 
 __all__ = ["AdamlabOptimizer", "compiler_available", "state_bytes",
            "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "EXAdam", "AdamX", "AdamNX", "AdEMAMix",
-           "AdamCM", "AdamCG", "CoupledAdam"]
+           "AdamCM", "AdamCG", "CoupledAdam", "Signum", "SAM"]

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ..comparators import capabilities
+
 Curve = list  # list of (step, seconds of training so far, value)
 
 
@@ -121,7 +123,16 @@ def train_model(model: torch.nn.Module, opt: torch.optim.Optimizer, *, steps: in
     Only forward/backward/step is timed (evaluation excluded), so the `time` column of a curve is training
     seconds, the AlgoPerf clock. `probes` are fixed batches whose loss is tracked (forgetting curves), each
     from step probe_from[name] on. A non-finite or exploding loss stops the run and marks it diverged.
+
+    The optimizer's capabilities (:func:`adamlab.lab.comparators.capabilities`) are honoured: one that needs a
+    closure steps through ``opt.step(closure)`` (the closure zeroes the gradients, computes the batch's loss,
+    backpropagates and clips; the loss recorded is its first evaluation, and the optimizer's time counts from the
+    end of that first evaluation, so a second forward/backward, SAM's, is the optimizer's cost); one with
+    train/eval modes gets ``opt.train()`` before the first step, ``opt.eval()`` before every evaluation and
+    ``opt.train()`` after it, and ``opt.eval()`` once more at the end, so the model it returns holds the
+    evaluation point (schedule-free's average), as its final metrics are taken there.
     """
+    caps = capabilities(opt)
     probes = probes or {}
     probe_from = probe_from or {}
     curves: dict[str, Curve] = {"train_loss": [], "val_loss": []}
@@ -129,6 +140,8 @@ def train_model(model: torch.nn.Module, opt: torch.optim.Optimizer, *, steps: in
     running, count = 0.0, 0
 
     def do_eval(step: int) -> dict:
+        if caps.train_eval:
+            opt.eval()
         model.eval()
         with torch.no_grad():
             ev = evaluate(model)
@@ -136,6 +149,8 @@ def train_model(model: torch.nn.Module, opt: torch.optim.Optimizer, *, steps: in
                 if step >= probe_from.get(name, 0):
                     curves.setdefault(name, []).append((step, elapsed, float(loss(model, b))))
         model.train()
+        if caps.train_eval:
+            opt.train()
         for k, v in ev.items():
             curves.setdefault(k, []).append((step, elapsed, float(v)))
         return ev
@@ -144,17 +159,35 @@ def train_model(model: torch.nn.Module, opt: torch.optim.Optimizer, *, steps: in
     initial = float(first["val_loss"])
     diverged = False
     step = 0
+    if caps.train_eval:
+        opt.train()
     for step in range(1, steps + 1):
         b = batch(step)
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        lv = loss(model, b)
-        lv.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        t1 = time.perf_counter()
-        opt.step()
-        t2 = time.perf_counter()
+        if caps.needs_closure:
+            marks: list[float] = []
+
+            def closure(b=b, marks=marks):
+                opt.zero_grad(set_to_none=True)
+                lc = loss(model, b)
+                lc.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                marks.append(time.perf_counter())
+                return lc
+
+            lv = opt.step(closure)
+            t2 = time.perf_counter()
+            t1 = marks[0] if marks else t0
+        else:
+            opt.zero_grad(set_to_none=True)
+            lv = loss(model, b)
+            lv.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            t1 = time.perf_counter()
+            opt.step()
+            t2 = time.perf_counter()
         elapsed += t2 - t0
         opt_time += t2 - t1
         lf = float(lv.detach())
@@ -170,6 +203,8 @@ def train_model(model: torch.nn.Module, opt: torch.optim.Optimizer, *, steps: in
             if not _finite(ev["val_loss"]):
                 diverged = True
                 break
+    if caps.train_eval:
+        opt.eval()
     vals = [v for _, _, v in curves["val_loss"] if _finite(v)]
     accs = [v for _, _, v in curves.get("val_acc", [])]
     n = max(step, 1)
