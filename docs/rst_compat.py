@@ -3,11 +3,12 @@
 The docstrings are written for ``help()`` as much as for the site, so they keep ``.. math::`` blocks, ``Example::``
 literal blocks and Sphinx roles (:class:`~adamlab.Adam`). Before mkdocstrings parses a docstring this turns a math
 block into ``$$ ... $$`` (rendered by arithmatex), ``Example::`` into a Google-style ``Example:`` section, and a role
-into inline code.
+into inline code linked to the object's documentation.
 """
 
 from __future__ import annotations
 
+import builtins
 import re
 import textwrap
 from typing import Any
@@ -18,9 +19,17 @@ _ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):`~?([^`]+)`")
 
 
 def _role(match: re.Match) -> str:
+    """A role as inline code, linked to the object's docs where the site renders it (an optional cross-reference:
+    a target the site does not render, like a builtin exception, stays plain code)."""
     target = match.group(1)
-    whole = match.group(0)
-    return f"`{target.rsplit('.', 1)[-1] if '`~' in whole else target}`"
+    shown = target.rsplit(".", 1)[-1] if "`~" in match.group(0) else target
+    if target.startswith("adamlab."):
+        identifier = target
+    elif "." not in target and target[:1].isupper() and not hasattr(builtins, target):
+        identifier = f"adamlab.{target}"  # a bare class name in adamlab's own docstrings: a public class
+    else:
+        return f"`{shown}`"
+    return f'<autoref identifier="{identifier}" optional><code>{shown}</code></autoref>'
 
 
 def _indent(line: str) -> int:
