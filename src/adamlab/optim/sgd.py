@@ -90,8 +90,8 @@ class Adagrad(AdamlabOptimizer):
     r"""Adagrad, exactly as ``torch.optim.Adagrad``.
 
     .. math::
-        \eta_t = \frac{\eta}{1 + (t-1)\,\text{lr\_decay}};\quad
-        G_t = G_{t-1} + g_t^2 \;(G_0 = \text{initial\_accumulator\_value});\quad
+        \eta_t = \frac{\eta}{1 + (t-1)\,\mathrm{lr\_decay}};\quad
+        G_t = G_{t-1} + g_t^2 \;(G_0 = \mathrm{initial\_accumulator\_value});\quad
         \theta_t = \theta_{t-1} - \eta_t\, g_t / (\sqrt{G_t} + \epsilon)
 
     Args:
@@ -144,7 +144,7 @@ class RMSprop(AdamlabOptimizer):
     r"""RMSprop, exactly as ``torch.optim.RMSprop``, plus ``initial_accumulator_value`` (v₀).
 
     .. math::
-        v_t = \alpha v_{t-1} + (1-\alpha) g_t^2 \;(v_0 = \text{initial\_accumulator\_value});\quad
+        v_t = \alpha v_{t-1} + (1-\alpha) g_t^2 \;(v_0 = \mathrm{initial\_accumulator\_value});\quad
         d_t = \sqrt{v_t - \bar g_t^2 \text{ (centered) or } v_t} + \epsilon;\quad
         b_t = \mu b_{t-1} + g_t / d_t;\quad \theta_t = \theta_{t-1} - \eta\, b_t
 
