@@ -35,10 +35,19 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float, no_decay_na
     ``bias``), every parameter with fewer than 2 dimensions (norm weights, scales), the names or glob patterns in
     ``no_decay_names`` and, with ``decay_embeddings=False``, embedding matrices; ``weight_decay`` for the rest.
 
+    Args:
+        model: the model whose ``named_parameters()`` are grouped (frozen ones left out).
+        weight_decay: the decay of the group that decays.
+        no_decay_names: names or glob patterns kept out of decay as well.
+        decay_embeddings: ``False`` keeps the embedding matrices out of decay too.
+
     Example::
 
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
-        >>> opt = adamlab.AdamW(param_groups_weight_decay(model, 0.1), lr=1e-3)
+        >>> groups = param_groups_weight_decay(model, 0.1)
+        >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
+        [(3, 0.0), (1, 0.1)]
+        >>> opt = adamlab.AdamW(groups, lr=1e-3)
     """
     no_decay_names = tuple(no_decay_names)
     embeddings = set() if decay_embeddings else embedding_parameters(model)
@@ -65,9 +74,19 @@ def coupled_param_groups(model: nn.Module, weight_decay: float = 1e-2, *, embedd
     ``no_decay_names`` (names or patterns, e.g. ``["*.bias", "*norm*"]``) keeps some of the other parameters out of
     decay in a third, uncoupled group; by default all of them decay.
 
+    Args:
+        model: the model whose ``named_parameters()`` are grouped (frozen ones left out).
+        weight_decay: decay of the uncoupled parameters (the embeddings get none).
+        embedding_names: names or glob patterns of the tensors to couple (default: every ``nn.Embedding`` weight).
+        coupled_scale: ``coupled_scale`` of the coupled group.
+        no_decay_names: names or glob patterns of uncoupled parameters to keep out of decay.
+
     Example::
 
+        >>> model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50))
         >>> groups = coupled_param_groups(model, weight_decay=0.1)
+        >>> [(len(g["params"]), g["coupled"], g["weight_decay"]) for g in groups]
+        [(1, True, 0.0), (2, False, 0.1)]
         >>> opt = adamlab.CoupledAdam(groups, lr=6e-4, betas=(0.9, 0.95))
     """
     if embedding_names is None:
@@ -99,7 +118,10 @@ def coupled_adam(model: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2,
 
     Example::
 
+        >>> model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50))
         >>> opt = coupled_adam(model, lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95))
+        >>> [g["coupled"] for g in opt.param_groups]
+        [True, False]
     """
     from .optim.coupled import CoupledAdam
 

@@ -125,11 +125,25 @@ _REGISTRY = {row.name: row for row in _ROWS}
 
 
 def list_optimizers() -> list[str]:
-    """All registry names, in the order of the notes (classic ladder first, then the research optimizers)."""
+    """All registry names, in the order of the notes (classic ladder first, then the research optimizers).
+
+    Example::
+
+        >>> list_optimizers()[:3]
+        ['sgd', 'momentum', 'nesterov']
+    """
     return list(_REGISTRY)
 
 
 def get_optimizer_info(name: str) -> OptimInfo:
+    """The registry row of ``name`` (case-insensitive); an unknown name raises :class:`ValueError`.
+
+    Example::
+
+        >>> info = get_optimizer_info("ademamix")
+        >>> info.cls.__name__, info.num_betas, sorted(info.search_space)
+        ('AdEMAMix', 3, ['alpha', 'beta1', 'beta2', 'beta3', 'eps', 'lr'])
+    """
     key = name.lower() if isinstance(name, str) else name
     if key not in _REGISTRY:
         raise ValueError(f"Unknown optimizer {name!r}; choose one of: {', '.join(_REGISTRY)}")
@@ -172,6 +186,21 @@ def create_optimizer(name: str, model_or_params: nn.Module | Iterable, **overrid
     ``overrides`` are constructor arguments, plus ``beta1``/``beta2``/``beta3`` folded into ``betas``. Given an
     ``nn.Module``, weight decay is kept off biases and normalisation weights, and ``coupledadam`` couples the
     embedding matrices (a tied LM head counted once) without weight decay, as its paper trains them.
+
+    Args:
+        name: a registry name (:func:`list_optimizers`), case-insensitive.
+        model_or_params: an ``nn.Module`` (its parameters, grouped as above) or what the optimizer class takes.
+        **overrides: constructor arguments (implementation options included) over the registry row's defaults.
+
+    Example::
+
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+        >>> opt = create_optimizer("nesterov", model, lr=0.1)
+        >>> type(opt).__name__, opt.defaults["momentum"], opt.defaults["nesterov"]
+        ('SGD', 0.9, True)
+        >>> opt = create_optimizer("adamw", model, lr=3e-4, beta2=0.95, weight_decay=0.1)
+        >>> [g["weight_decay"] for g in opt.param_groups], opt.defaults["betas"]
+        ([0.0, 0.1], (0.9, 0.95))
     """
     info = get_optimizer_info(name)
     kwargs = {**info.defaults, **overrides}

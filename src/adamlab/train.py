@@ -55,9 +55,11 @@ class GradientAccumulator:
 
     Example::
 
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = adamlab.SGD(model.parameters(), lr=0.1)
         >>> acc = GradientAccumulator(opt, steps=4)
-        >>> for x, y in batches:
-        ...     acc.backward(loss_fn(model(x), y))
+        >>> [acc.backward(model(x).pow(2).mean()) for x in torch.randn(8, 2, 4)]
+        [False, False, False, True, False, False, False, True]
     """
 
     def __init__(self, optimizer: Optimizer, steps: int, clip_norm: float | None = None) -> None:
@@ -113,6 +115,16 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min
 
     η_t = η₀ · t / warmup for t < warmup; afterwards
     η₀ · (min_ratio + (1 − min_ratio) · ½(1 + cos(π · (t − warmup) / (total − warmup)))), held after total.
+
+    Example::
+
+        >>> opt = adamlab.AdamW([torch.zeros(2, requires_grad=True)], lr=1.0)
+        >>> sched = warmup_cosine(opt, warmup_steps=2, total_steps=4)
+        >>> lrs = []
+        >>> for _ in range(5):
+        ...     lrs.append(round(opt.param_groups[0]["lr"], 3)); opt.step(); sched.step()
+        >>> lrs
+        [0.0, 0.5, 1.0, 0.5, 0.0]
     """
     for name, v in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:

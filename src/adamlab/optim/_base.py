@@ -80,7 +80,40 @@ _IMPL_DEFAULTS: dict[str, Any] = dict(foreach=None, compiled=None, state_dtype=N
 
 
 class AdamlabOptimizer(Optimizer):
-    """Base class: param groups, state, validation and the three implementations of one update rule."""
+    """Base class: param groups, state, validation and the three implementations of one update rule.
+
+    Every adamlab optimizer is a subclass and takes its hyperparameters (documented on its own class) plus the
+    keyword-only implementation options below, which are the same for every optimizer. Every implementation gives
+    the numbers of the plain loop (float64: to 1e-12 relative), so an option changes speed and memory, not the
+    maths. The docs page "Implementation options" describes them at length.
+
+    Args:
+        params: an iterable of tensors, of param-group dicts or of ``(name, tensor)`` pairs.
+        defaults: the optimizer's hyperparameters (its subclass builds them from its own arguments).
+        **impl: the keyword-only implementation options below; any other name raises :class:`TypeError`.
+
+    Keyword Args:
+        foreach (bool | None): ``False``: the plain per-tensor loop (the readable ground truth); ``True``: the
+            multi-tensor path (``torch._foreach_*`` kernels).
+        compiled (bool | None): ``True``: ``torch.compile`` of the same rule (C++ on a CPU, Triton on a GPU), with
+            the learning rate and every per-step scalar passed as tensors, so a scheduler never recompiles; where
+            no compiler works, the multi-tensor path. Exclusive with ``foreach=True``. Neither given: compiled for
+            buckets of at least 2**20 elements where a compiler works, else multi-tensor; the environment variable
+            ``ADAMLAB_IMPL=loop|foreach|compiled`` overrides this default for the process.
+        state_dtype (torch.dtype | Mapping[str, torch.dtype] | None): storage dtype of the state (the maths runs in
+            float32 at least): a dtype applies to every state tensor shaped like its parameter; a mapping chooses
+            per state name (``"*"`` for the rest). A name the optimizer does not keep raises :class:`ValueError`.
+        param_update (str): how bf16/fp16 parameters take the float32 update: ``"nearest"`` (default: round to
+            nearest), ``"kahan"`` (compensated: the rounding error is kept in a ``kahan_comp`` state tensor and
+            added to the next update) or ``"stochastic"`` (bf16 only: unbiased stochastic rounding).
+
+    Example:
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = adamlab.Adam(model.parameters(), lr=1e-3, foreach=False)
+        >>> opt.implementation
+        'loop'
+        >>> opt = adamlab.AdamW(model.parameters(), state_dtype={"exp_avg_sq": torch.bfloat16})
+    """
 
     _flatten_ok: bool = True  # whether the rule is purely elementwise over the param's shape
     #: how each state tensor is laid out against its parameter: the number of leading dims before the parameter's

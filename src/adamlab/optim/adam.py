@@ -18,7 +18,7 @@ def adam_denominator(o, v, s):
 
 
 def adam_bias_scalars(group: dict, step: int, v0: float = 0.0) -> dict[str, float]:
-    """Bias corrections of Adam's moments: m always, v only when it starts from zero (SPEC 2)."""
+    """Bias corrections of Adam's moments: m always, v only when it starts from zero."""
     beta1, beta2 = group["betas"][0], group["betas"][1]
     bc1 = 1 - beta1 ** step
     bc2 = 1 - beta2 ** step if v0 == 0 else 1.0
@@ -36,6 +36,21 @@ class Adam(AdamlabOptimizer):
     ``amsgrad`` uses the running maximum of v; ``weight_decay`` is L2 (added to g) unless
     ``decoupled_weight_decay`` (θ ← θ(1 − ηλ), i.e. AdamW). ``initial_accumulator_value`` v₀ starts v there;
     v is bias-corrected only when v₀ = 0, so ``Adam(betas=(0, 1), eps=0, initial_accumulator_value=1)`` is SGD.
+
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        betas: (β₁, β₂), the decay rates of the first and second moments; β₁ in [0, 1), β₂ in [0, 1] (β₂ = 1 needs
+            ``initial_accumulator_value > 0``).
+        eps: ε, added to the denominator for numerical stability.
+        weight_decay: λ: L2 penalty added to the gradient, or decoupled decay with ``decoupled_weight_decay``.
+        decoupled_weight_decay: decay the parameter directly, θ ← θ(1 − ηλ) (AdamW), instead of L2.
+        amsgrad: use the running maximum of v in the denominator (AMSGrad, Reddi et al. 2018).
+        initial_accumulator_value: v₀, the starting value of v; v is bias-corrected only when v₀ = 0.
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
 
     Example::
 
@@ -104,6 +119,19 @@ class AdamW(Adam):
 
     .. math:: \theta_t = \theta_{t-1}(1 - \eta\lambda) - \frac{\eta}{1-\beta_1^t}\,
               \frac{m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        betas: (β₁, β₂), the decay rates of the first and second moments, each in [0, 1).
+        eps: ε, added to the denominator for numerical stability.
+        weight_decay: λ, decoupled: θ ← θ(1 − ηλ) before the Adam step.
+        amsgrad: use the running maximum of v in the denominator.
+        initial_accumulator_value: v₀, the starting value of v; v is bias-corrected only when v₀ = 0.
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
 
     Example::
 

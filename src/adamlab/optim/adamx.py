@@ -60,6 +60,17 @@ class AdamX(AdamlabOptimizer):
     * β2 so close to 1 that β2^((1−β2)t) rounds to 1 (1 − 1e-9, say): the reference divides 0 by 0 at the first
       step; adamlab computes the same β2,t as expm1((t−1)a)/expm1(ta) with a = (1−β2)·ln β2.
 
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        betas: (β₁, β₂), from which the step-dependent β₁,t and β₂,t are made; each in [0, 1).
+        eps: ε, added to the denominator for numerical stability.
+        weight_decay: λ, decoupled: θ ← θ(1 − ηλ).
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
+
     Example::
 
         >>> model = torch.nn.Linear(4, 1)

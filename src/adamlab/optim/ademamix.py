@@ -78,6 +78,21 @@ class AdEMAMix(AdamlabOptimizer):
       README's example). The optax versions evaluate the schedules one step earlier (at t − 1) and drop the
       1e-8 inside f; pytorch_optimizer uses one ``t_alpha_beta3`` for both warmups.
 
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        betas: (β₁, β₂, β₃): the fast EMA, the second moment and the slow EMA; each in [0, 1) (β₁ = 0: no fast
+            EMA buffer).
+        alpha: α ≥ 0, the weight of the slow EMA in the numerator (0: AdamW).
+        alpha_warmup: T_α, steps of linear warmup of α from 0 (``None``: no warmup).
+        beta3_warmup: T_β3, steps of warmup of β₃ from β₁, linear in the half-life (``None``: no warmup).
+        eps: ε, added to the denominator for numerical stability.
+        weight_decay: λ, decoupled: θ ← θ − ηλθ, in the same step as the update.
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
+
     Example::
 
         >>> model = torch.nn.Linear(4, 1)

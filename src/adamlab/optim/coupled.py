@@ -48,6 +48,20 @@ class CoupledAdam(AdamlabOptimizer):
     * ``amsgrad``, ``capturable``, ``differentiable`` and ``fused`` are not ported; the defaults are the reference's
       (``weight_decay=1e-2``; its training script trains the embeddings without weight decay, as the group helper does).
 
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        betas: (β₁, β₂), the decay rates of the first and second moments, each in [0, 1).
+        eps: ε, added to the denominator for numerical stability.
+        weight_decay: λ, decoupled: θ ← θ(1 − ηλ).
+        coupled: average the second moment over dim 0 for this group's tensors (set it per param group: ``True``
+            for the embedding matrices, ``False`` for the rest).
+        coupled_scale: s > 0, a factor on the averaged second moment (the reference's ``avg_scale``).
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
+
     Example::
 
         >>> emb = torch.nn.Embedding(100, 16)

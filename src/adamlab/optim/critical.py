@@ -371,6 +371,22 @@ class AdamCM(_CriticalBase):
     * ``maximize`` is added; ``amsgrad``, ``critical_test`` (its default 0.0 always takes the priority test),
       ``buffer_dtype`` and the statistics counters are not ported; ``buffer_size`` must be >= 1.
 
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        betas: (β₁, β₂), the decay rates of the first and second moments, each in [0, 1).
+        eps: ε, added to the denominator for numerical stability.
+        weight_decay: λ, decoupled: θ ← θ(1 − ηλ).
+        buffer_size: C ≥ 1, how many past momenta each tensor's buffer keeps (the reference's ``topC``).
+        priority_decay: γ in [0, 1], the factor applied to every stored priority after each step (the reference's
+            ``decay``).
+        kappa: 0 switches the buffer off (plain Adam); any value > 0 switches it on (it scales nothing).
+        synced: one priority per param group (the sum of its tensors' gradient norms) instead of one per tensor.
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
+
     Example::
 
         >>> model = torch.nn.Linear(4, 1)
@@ -445,6 +461,22 @@ class AdamCG(_CriticalBase):
     recomputed from the slots, ``maximize`` added, ``amsgrad``/``critical_test``/``buffer_dtype`` not ported), plus
     ``aggregation``: the CMOptimizer ``Adam_C`` only sums (``"sum"``, the default here); ``"mean"`` (the CGOptimizer
     default) and ``"mid"`` take CGOptimizer's formulas with its ``kappa`` factor fixed at 1.
+
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        betas: (β₁, β₂), the decay rates of the first and second moments, each in [0, 1).
+        eps: ε, added to the denominator for numerical stability.
+        weight_decay: λ, L2, added to the aggregated gradient.
+        buffer_size: C ≥ 1, how many past gradients each tensor's buffer keeps (the reference's ``topC``).
+        priority_decay: γ in [0, 1], the factor applied to every stored priority after each step.
+        kappa: 0 switches the buffer off (plain Adam); any value > 0 switches it on (it scales nothing).
+        synced: one priority per param group (the sum of its tensors' gradient norms) instead of one per tensor.
+        aggregation: how the gradient and the buffer combine: ``"sum"``, ``"mean"`` or ``"mid"`` (see above).
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
 
     Example::
 

@@ -26,7 +26,7 @@ class EXAdam(AdamlabOptimizer):
         \tilde m_t &= \frac{m_t}{1-\beta_1^t} d_1, \quad \tilde v_t = \frac{v_t}{1-\beta_2^t} d_2, \quad
         \tilde g_t = \frac{g_t}{1-\beta_1^t} d_1 \\
         \alpha_t &= \eta \ \text{(v2, default)} \quad\text{or}\quad \eta \ln\!\big(\sqrt{2(t+1)}\big)
-            \ \text{(v1, ``dynamic_step_size=True``)} \\
+            \ \text{(v1, } \texttt{dynamic\_step\_size=True}\text{)} \\
         \theta_t &= \theta_{t-1} - \alpha_t\,\frac{\tilde m_t + \tilde g_t}{\sqrt{\tilde v_t} + \epsilon}
         \end{aligned}
 
@@ -53,6 +53,18 @@ class EXAdam(AdamlabOptimizer):
     * The reference's docstring calls ``weight_decay`` an "L2 penalty", but its code (and adamlab) decays the
       parameter directly, ``θ ← θ − η·λ·θ``, before the moment updates and with the base ``lr`` even in v1.
       pytorch_optimizer's port does the same by default (``weight_decouple=True``).
+
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        betas: (β₁, β₂), the decay rates of the first and second moments, each in [0, 1).
+        eps: ε, added to the denominator for numerical stability.
+        weight_decay: λ, decoupled and applied first: θ ← θ − ηλθ, with the base ``lr`` in both versions.
+        dynamic_step_size: the paper's first version: step size ``lr·ln(√(2(t+1)))`` instead of ``lr``.
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
 
     Example::
 

@@ -27,6 +27,18 @@ class SGD(AdamlabOptimizer):
         b_t = \mu b_{t-1} + (1-\tau) g_t \;(b_1 = g_1);\quad
         \theta_t = \theta_{t-1} - \eta\,(g_t + \mu b_t \text{ if nesterov else } b_t)
 
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        momentum: momentum factor μ (0: plain SGD, no momentum buffer).
+        dampening: τ, the dampening of the gradient's contribution to the momentum buffer.
+        nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening = 0``).
+        weight_decay: λ, L2 penalty added to the gradient (``g + λθ``).
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
+
     Example::
 
         >>> model = torch.nn.Linear(4, 1)
@@ -78,9 +90,21 @@ class Adagrad(AdamlabOptimizer):
     r"""Adagrad, exactly as ``torch.optim.Adagrad``.
 
     .. math::
-        \eta_t = \frac{\eta}{1 + (t-1)\,\text{lr\_decay}};\quad
-        G_t = G_{t-1} + g_t^2 \;(G_0 = \text{initial\_accumulator\_value});\quad
+        \eta_t = \frac{\eta}{1 + (t-1)\,\mathrm{lr\_decay}};\quad
+        G_t = G_{t-1} + g_t^2 \;(G_0 = \mathrm{initial\_accumulator\_value});\quad
         \theta_t = \theta_{t-1} - \eta_t\, g_t / (\sqrt{G_t} + \epsilon)
+
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        lr_decay: the learning rate at step t is ``lr / (1 + (t − 1)·lr_decay)``.
+        weight_decay: λ, L2 penalty added to the gradient.
+        initial_accumulator_value: G₀, the starting value of the sum of squared gradients.
+        eps: ε, added to ``√G`` for numerical stability.
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
 
     Example::
 
@@ -120,12 +144,26 @@ class RMSprop(AdamlabOptimizer):
     r"""RMSprop, exactly as ``torch.optim.RMSprop``, plus ``initial_accumulator_value`` (v₀).
 
     .. math::
-        v_t = \alpha v_{t-1} + (1-\alpha) g_t^2 \;(v_0 = \text{initial\_accumulator\_value});\quad
+        v_t = \alpha v_{t-1} + (1-\alpha) g_t^2 \;(v_0 = \mathrm{initial\_accumulator\_value});\quad
         d_t = \sqrt{v_t - \bar g_t^2 \text{ (centered) or } v_t} + \epsilon;\quad
         b_t = \mu b_{t-1} + g_t / d_t;\quad \theta_t = \theta_{t-1} - \eta\, b_t
 
     ``initial_accumulator_value=1`` is the TensorFlow / Choi et al. (2019) convention; with ``alpha=1, eps=0``
     and ``momentum=γ`` it makes RMSprop exactly momentum SGD (the notes' inclusion).
+
+    Args:
+        params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
+            may be set per group) or of ``(name, tensor)`` pairs.
+        lr: learning rate η (a float or a 0-d tensor; schedulers may change it every step).
+        alpha: α, the decay rate of the running average of squared gradients.
+        eps: ε, added to the denominator for numerical stability.
+        weight_decay: λ, L2 penalty added to the gradient.
+        momentum: μ, momentum applied to the normalised gradient (0: none).
+        centered: subtract the squared running mean of the gradient (an estimate of its variance).
+        initial_accumulator_value: v₀, the starting value of the squared-gradient average (1 is TensorFlow's convention).
+        maximize: maximise the objective instead of minimising it (the gradient's sign is flipped).
+        **impl: the implementation options every optimizer shares (``foreach``, ``compiled``, ``state_dtype``,
+            ``param_update``), keyword-only; see :class:`~adamlab.optim.AdamlabOptimizer`.
 
     Example::
 
