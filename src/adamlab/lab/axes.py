@@ -21,15 +21,9 @@ def _f(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if isinstance(x, (int, float)) and math.isfinite(x) else "–"
 
 
-def by_seed(o: OptResult, what: str = "loss") -> dict[int, float]:
-    """A final-run value keyed by seed (the seed fixes initialisation and data order for every optimizer)."""
-    vals = o.accs if what == "acc" else o.losses
-    return {int(r["seed"]): float(v) for r, v in zip(o.runs, vals)}
-
-
 def paired_diff(a: OptResult, b: OptResult, what: str = "loss"):
     """mean(a − b) over the seeds both ran, with its paired 95 % CI (None when fewer than two are shared)."""
-    xa, xb = by_seed(a, what), by_seed(b, what)
+    xa, xb = a.by_seed(what), b.by_seed(what)
     return paired(xa, xb) if len(set(xa) & set(xb)) >= 2 else None
 
 

@@ -121,8 +121,10 @@ def build_report(out_dir: str, storage: str | None = None) -> str:
     tasks = {n: t for n, t in tasks.items() if t.opts}
     board = leaderboard(tasks)
     oh = overhead(tasks, "adam", "step_time")
-    max_looks = max(int(cfg.get("max_looks") or 1), 1)  # --until-decided: the verdicts spend alpha over the looks
-    claims = ledger(tasks, looks=min(max(int(cfg.get("looks") or max_looks), 1), max_looks), max_looks=max_looks)
+    looked = {**{k: cfg.get(k) for k in ("looks", "max_looks")}, **(data["meta"].get("looks") or {})}
+    max_looks = max(int(looked.get("max_looks") or 1), 1)  # --until-decided: the verdicts spend alpha over the looks
+    look = min(max(int(looked.get("look") or looked.get("looks") or max_looks), 1), max_looks)
+    claims = ledger(tasks, looks=look, max_looks=max_looks)
     lat = lattice(tasks)
     figs = {}
     for name, fn in plots.FIGURES.items():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..comparators import capabilities
 from ..metrics import sharpness
 from .base import RunResult, Task
 
@@ -114,19 +115,39 @@ class LandscapeTask(Task):
         every = int(self.config.get("eval_every", 5))
         p = torch.nn.Parameter(self.start(seed))
         opt = make_optimizer([p])
+        caps = capabilities(opt)  # SAM steps through a closure; schedule-free is evaluated at its average
         initial = float(self.value(p.detach()))
         curve = [(0, 0.0, initial)]
         path = [p.detach().tolist()]
         elapsed = opt_time = 0.0
         diverged = False
         step = 0
-        for step in range(1, steps + 1):
-            t0 = time.perf_counter()
+
+        def closure():
             opt.zero_grad(set_to_none=True)
             v = self.value(p)
             v.backward()
-            t1 = time.perf_counter()
-            opt.step()
+            return v
+
+        def evaluated() -> float:
+            if caps.train_eval:
+                opt.eval()
+            v = float(self.value(p.detach()))
+            if caps.train_eval:
+                opt.train()
+            return v
+
+        if caps.train_eval:
+            opt.train()
+        for step in range(1, steps + 1):
+            t0 = time.perf_counter()
+            if caps.needs_closure:
+                t1 = t0
+                opt.step(closure)
+            else:
+                closure()
+                t1 = time.perf_counter()
+                opt.step()
             t2 = time.perf_counter()
             elapsed += t2 - t0
             opt_time += t2 - t1
@@ -136,7 +157,10 @@ class LandscapeTask(Task):
                 break
             path.append(q.tolist())
             if step % every == 0 or step == steps:
-                curve.append((step, elapsed, float(self.value(q))))
+                curve.append((step, elapsed, evaluated()))
+        if caps.train_eval:
+            opt.eval()
+            path[-1] = p.detach().tolist()
         final_v = math.inf if diverged else float(self.value(p.detach()))
         vals = [c[2] for c in curve if math.isfinite(c[2])]
         end = torch.tensor(path[-1], dtype=torch.float64)
