@@ -117,3 +117,29 @@ def test_time_split_adds_up():
     assert worker["training"] == pytest.approx(3.0, rel=1e-2)
     assert worker["rest of each run"] == pytest.approx(3.0, rel=1e-2)
     assert worker["orchestration"] == pytest.approx((6.0 + 2.0) * 2 - 6.0, rel=1e-2)  # the pool's phases
+
+
+def test_until_decided_adds_seeds_only_where_a_comparison_is_open(tmp_path):
+    from adamlab.lab.claims import open_comparisons
+
+    cfg = BenchConfig(out=str(tmp_path), suite="smoke", tasks=["sharp_flat", "digits_mlp"],
+                      optimizers=["adam", "adamcm", "adamcg", "exadam"], trials=1, seeds=2, workers=1,
+                      protocols=[], until_decided=6)
+    logs = []
+    run_bench(cfg, quiet=True, log=logs.append)
+    data = load(str(tmp_path))
+    assert data["meta"]["looks"]["max_looks"] == 3  # 2 seeds, then up to 2 more rounds of 2
+    look = data["meta"]["looks"]["look"]
+    assert 1 <= look <= 3
+    seeds = {(n, o): sorted(r["seed"] for r in opt.runs) for n, t in data["tasks"].items()
+             for o, opt in t.opts.items()}
+    # every final set has the first 2 seeds, and a set with more got them in whole rounds, in order
+    assert all(s[:2] == [FINAL_SEED0, FINAL_SEED0 + 1] and s == list(range(FINAL_SEED0, FINAL_SEED0 + len(s)))
+               and len(s) in (2, 4, 6) for s in seeds.values())
+    grown = {k for k, s in seeds.items() if len(s) > 2}
+    if look > 1:  # the sets that grew are exactly those open at the previous look, seen from the 2-seed data
+        assert grown and any("still open" in str(m) for m in logs)
+    else:
+        assert not grown
+    # once the last look is reached nothing is open any more
+    assert open_comparisons(data["tasks"], looks=3, max_looks=3) == {}

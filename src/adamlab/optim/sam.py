@@ -46,7 +46,7 @@ class SAM(Optimizer):
         ...     loss = torch.nn.functional.mse_loss(model(x), y)
         ...     loss.backward()
         ...     return loss
-        >>> opt.step(closure)
+        >>> loss = opt.step(closure)
     """
 
     def __init__(self, params, base_optimizer_cls: type[Optimizer] | None = None, rho: float = 0.05,
