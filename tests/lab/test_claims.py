@@ -198,3 +198,48 @@ def test_an_underpowered_row_says_how_many_seeds_would_decide():
     assert row.verdict == "inconclusive" and row.mde > 0.0117
     assert f"Underpowered: needs ~{row.seeds_needed:.0f} seeds to detect the claimed effect" in row.measured
     assert row.seeds_needed > 3
+
+
+def _add_protocol_runs(db, task, opt, protocol, accs=None, losses=None, extras=None):
+    s = Store(db)
+    for seed in range(3):
+        lo = (losses or [0.3, 0.31, 0.32])[seed]
+        s.add_run(task=task, task_hash="h", optimizer=f"{opt}~{protocol}", phase="final", trial=-1, seed=1000 + seed,
+                  params={"lr": 1e-4}, curves={"val_loss": [(0, 0.0, 10.0), (100, 2.0, lo)]},
+                  result={"value": lo, "initial_val_loss": 10.0, "final_val_loss": lo, "best_val_loss": lo,
+                          "final_val_acc": (accs or [None] * 3)[seed], "steps": 100, "step_time": 0.01,
+                          "opt_step_time": 0.001}, extra=(extras or [{}] * 3)[seed])
+    s.close()
+
+
+def test_protocol_claims_use_the_protocol_runs(results):
+    """Under the untuned protocol EXAdam wins by 5 pt (paired by seed) although it loses when tuned; AdamCM's toy
+    setting escapes on every seed where tuned Adam does not. Each row names its protocol."""
+    from adamlab.lab import axes
+
+    db = f"{results}/adamlab.db"
+    s = Store(db)
+    s.put_meta("config", {**s.get_meta("config"), "protocols": ["untuned-lr1e-4", "adamcm-toy"]})
+    s.close()
+    _add_protocol_runs(db, "digits_cnn", "adam", "untuned-lr1e-4", accs=[0.80, 0.82, 0.81])
+    _add_protocol_runs(db, "digits_cnn", "exadam", "untuned-lr1e-4", accs=[0.85, 0.871, 0.859])
+    _add_protocol_runs(db, "sharp_flat", "adamcm", "adamcm-toy", extras=[{"escaped_sharp": True}] * 3)
+    before = ledger(load(results)["tasks"])
+    data = load(results)
+    axes.attach_protocols(data, results)
+    after = ledger(data["tasks"])
+    assert [c for c in after if c.protocol == "tuned"] == before  # the tuned rows do not change
+    rows = {(c.seed, c.protocol): c for c in after if c.protocol != "tuned"}
+    assert set(rows) == {("EXAdam", "untuned-lr1e-4"), ("AdamCM", "adamcm-toy")}
+    untuned = rows[("EXAdam", "untuned-lr1e-4")]
+    assert untuned.verdict == "supported"
+    assert untuned.effect == pytest.approx(0.05, abs=1e-9)  # paired mean of the per-seed gains over Adam
+    assert "not tested: no runs of signum" in untuned.measured
+    tuned = next(c for c in ledger(data["tasks"]) if c.seed == "EXAdam" and c.protocol == "tuned"
+                 and c.claim.startswith("higher test accuracy"))
+    assert tuned.verdict == "not supported"  # the tuned runs say the opposite: the protocol matters
+    toy = rows[("AdamCM", "adamcm-toy")]
+    assert "AdamCM 3/3 vs Adam 0/3 runs (escaped_sharp, seeds" in toy.measured
+    assert toy.verdict == "inconclusive"  # 3 of 3 against 0 of 3: Fisher p = 0.05, not below it
+    md = (build_report(results) and open(f"{results}/summary.md").read())
+    assert "untuned-lr1e-4" in md and "adamcm-toy" in md

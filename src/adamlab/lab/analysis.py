@@ -85,6 +85,7 @@ class TaskResult:
     ranks: dict[str, float] = field(default_factory=dict)
     top_group: set[str] = field(default_factory=set)
     micro: dict = field(default_factory=dict)  # optimizer -> seconds per optimizer.step() (timing.py)
+    protocols: dict = field(default_factory=dict)  # 'OPT~PROTOCOL' -> OptResult (axes.attach_protocols)
 
 
 def _median_or_inf(xs: list[float]) -> float:

@@ -58,7 +58,7 @@ _BASELINES = {"untuned-lr1e-4": ("adam", "same protocol"), "ademamix-paper": ("a
 def protocol_rows(tasks: dict[str, TaskResult]) -> list[list[str]]:
     rows = []
     for t in tasks.values():
-        for name, o in sorted(getattr(t, "protocols", {}).items()):
+        for name, o in sorted(t.protocols.items()):
             opt, proto = P.split(name)
             base, how = _BASELINES.get(proto, ("adam", "tuned"))
             ref = t.protocols.get(P.variant(base, proto)) if how == "same protocol" else t.opts.get(base)
@@ -135,7 +135,7 @@ def profile_scores(tasks: dict[str, TaskResult], by: str = "steps", tau_max: flo
 def time_split(tasks: dict[str, TaskResult], phases: dict | None, elapsed: float | None) -> list[list[str]]:
     """Where the bench's time went: training (forward, backward, step), the rest of each run (data, model,
     evaluation, metrics), and the orchestration around runs (Optuna, storage, worker start-up, timing)."""
-    runs = [r for t in tasks.values() for o in [*t.opts.values(), *getattr(t, "protocols", {}).values()]
+    runs = [r for t in tasks.values() for o in [*t.opts.values(), *t.protocols.values()]
             for r in [*o.runs, *o.tune]]
     train = sum(r["train_time"] or 0.0 for r in runs)
     wall = sum((r["extra"] or {}).get("wall") or 0.0 for r in runs)
@@ -156,8 +156,7 @@ def time_split(tasks: dict[str, TaskResult], phases: dict | None, elapsed: float
 def sections(data: dict, out_dir: str, storage: str | None, md_table, html_table) -> list[Section]:
     cfg, tasks, meta = data["config"], data["tasks"], data["meta"]
     out: list[Section] = []
-    if cfg.get("protocols"):
-        attach_protocols(data, out_dir, storage)
+    if cfg.get("protocols"):  # the runs were attached by attach_protocols
         head = ["protocol", "task", "optimizer", "final (acc or loss)", "compared with", "paired difference [95 % CI]"]
         rows = protocol_rows(tasks)
         if rows:

@@ -117,6 +117,8 @@ th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee}.supported{color:
 def build_report(out_dir: str, storage: str | None = None) -> str:
     """Write the report into `out_dir` from its adamlab.db, or from the `--storage` database when given."""
     data = load(out_dir, storage)
+    if data["config"].get("protocols"):
+        axes.attach_protocols(data, out_dir, storage)  # before the ledger: some claims are about a protocol
     cfg, tasks, meta = data["config"], data["tasks"], data["meta"]
     tasks = {n: t for n, t in tasks.items() if t.opts}
     board = leaderboard(tasks)
