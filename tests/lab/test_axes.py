@@ -143,3 +143,24 @@ def test_until_decided_adds_seeds_only_where_a_comparison_is_open(tmp_path):
         assert not grown
     # once the last look is reached nothing is open any more
     assert open_comparisons(data["tasks"], looks=3, max_looks=3) == {}
+
+
+@pytest.mark.parametrize("proto", sorted(protocols.PROTOCOLS))
+def test_every_optimizer_builds_under_every_protocol(proto):
+    """A protocol's settings are partial (lr 1e-4 and the defaults, say): every optimizer the bench runs, the
+    comparators included, builds from them and steps."""
+    from adamlab.lab import space
+    from adamlab.lab.tasks.digits import DigitsCNN
+
+    names = space.all_optimizers()
+    tuned = {o: space.params_from_optuna(o, space.default_params(o)) for o in names}
+    family = protocols.PROTOCOLS[proto].families[0]
+    task_name = {"vision": "digits_cnn", "lm": "char_gpt", "landscape": "sharp_flat"}[family]
+    task = build_task(task_name, SUITES["default"]["tasks"][task_name])
+    settings = protocols.settings(proto, task, tuned, names)
+    assert settings
+    for opt, params in settings.items():
+        model = DigitsCNN(4)
+        model(torch.randn(2, 1, 8, 8)).sum().backward()
+        o = space.build_optimizer(opt, model, params)
+        o.step(lambda: model(torch.randn(2, 1, 8, 8)).sum())

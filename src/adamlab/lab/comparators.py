@@ -288,12 +288,13 @@ def available(name: str) -> tuple[bool, str]:
 
 def build(name: str, model_or_params: nn.Module | Iterable, params: dict[str, Any]) -> Optimizer:
     """Build comparator ``name`` over a model or parameter list with the keyword settings ``params`` (the search
-    space's names); the optimizer carries the row's capabilities."""
+    space's names; a setting not given takes the row's recommended one, as a registry row's default does); the
+    optimizer carries the row's capabilities."""
     row = get(name)
     ok, why = available(name)
     if not ok:
         raise ImportError(why)
-    opt = row.make(model_or_params, dict(params))
+    opt = row.make(model_or_params, {**row.defaults, **params})
     opt.lab_capabilities = row.capabilities  # type: ignore[attr-defined]
     return opt
 
