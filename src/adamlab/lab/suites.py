@@ -30,7 +30,7 @@ SUITES: dict[str, dict] = {
     "default": {
         "trials": 8, "seeds": 3,
         "protocols": ["untuned-lr1e-4", "ademamix-paper", "ademamix-short", "adamcm-toy"],
-        "budgets": {"trials": [4, 16], "tasks": ["quadratic_deep", "rosenbrock"]},
+        "budgets": {"trials": [4, 16], "tasks": ["quadratic_deep"]},
         "tasks": {
             **{name: dict(_LANDSCAPE_DEFAULT) for name in TASK_NAMES[:6]},
             "quadratic_deep": {"steps": 150, "eval_every": 10, "cost": 0.14},
