@@ -5,6 +5,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict
 
 from . import space
@@ -210,12 +211,19 @@ def tune(cfg: BenchConfig, runner: Runner, storage, store: Store, tasks, quiet: 
 def measure_step_times(cfg: BenchConfig, storage, store: Store, tasks, quiet: bool) -> None:
     """Interleaved optimizer.step() timing per task with each optimizer's tuned setting (skipped if stored)."""
     import torch
+
+    torch.set_num_threads(max(1, cfg.threads))
+    with warnings.catch_warnings():  # as in the workers: an optimizer's advice about its inputs is not news here
+        warnings.simplefilter("ignore", UserWarning)
+        _measure(cfg, storage, store, tasks, quiet)
+
+
+def _measure(cfg: BenchConfig, storage, store: Store, tasks, quiet: bool) -> None:
     from tqdm import tqdm
 
     from .protocol import completed_trials
     from .timing import step_times
 
-    torch.set_num_threads(max(1, cfg.threads))
     for task in tqdm(list(tasks.values()), desc="timing", unit="task", disable=quiet or not sys.stderr.isatty()):
         key = f"step_times/{task.name}@{task.hash}"
         have = store.get_meta(key) or {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .tasks import TASK_NAMES
 
-_LANDSCAPE_DEFAULT = {"steps": 250, "eval_every": 5, "cost": 0.12}
+_LANDSCAPE_DEFAULT = {"steps": 200, "eval_every": 5, "cost": 0.11}
 
 SUITES: dict[str, dict] = {
     "smoke": {
@@ -37,7 +37,7 @@ SUITES: dict[str, dict] = {
             "digits_mlp": {"steps": 250, "eval_every": 25, "cost": 0.21},
             "digits_cnn": {"steps": 200, "eval_every": 25, "cost": 0.45},
             "char_gpt": {"steps": 120, "eval_every": 12, "cost": 1.35},
-            "word_lm": {"steps": 250, "eval_every": 25, "cost": 0.95},
+            "word_lm": {"steps": 250, "eval_every": 25, "val_batch": 1024, "cost": 0.85},
             "cifar10_cnn": {"steps": 120, "eval_every": 20, "n_test": 500, "width": 10, "cost": 0.9},
             # the scale axis: the char GPT at a smaller size beside the one above (a smaller word LM saves little
             # time here: its cost is the 2,000-word softmax, so it runs in the full suite only)
