@@ -16,7 +16,7 @@ from adamlab.lab.store import Store
 from .conftest import ROOT
 from .pg import PASSWORD
 
-TASKS, OPTS, TRIALS, SEEDS = ["sharp_flat", "digits_mlp"], ["sgd", "adam"], 8, 2
+TASKS, OPTS, TRIALS, SEEDS = ["sharp_flat", "digits_mlp"], ["sgd", "adam"], 12, 2  # enough trials for a kill to land in one
 ARGS = ["--suite", "smoke", "--tasks", ",".join(TASKS), "--optimizers", ",".join(OPTS), "--trials", str(TRIALS),
         "--seeds", str(SEEDS), "--quiet"]
 WAIT = 240  # seconds: the bound on every wait (the whole test takes well under a minute here)
