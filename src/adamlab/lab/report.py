@@ -261,7 +261,8 @@ def screen_summary(board, claims, out_dir, storage: str | None = None) -> str:
                      f"wins {r['wins']:>2}   diverged {r['diverged']}")
     lines.append("Claims:")
     for c in claims:
-        lines.append(f"  [{c.verdict:^14}] {c.seed}: {c.claim[:80]}")
+        under = "" if c.protocol == "tuned" else f" ({c.protocol})"
+        lines.append(f"  [{c.verdict:^14}] {c.seed}{under}: {c.claim[:80]}")
     if storage is None:
         lines.append(f"Report: {os.path.join(out_dir, 'report.html')}  (summary.md, *.png, adamlab.db beside it)")
     else:
