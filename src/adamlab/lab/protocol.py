@@ -33,7 +33,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import protocols, space
+from . import _optuna, protocols, space
 from .storages import HEARTBEAT, OWNER_ATTR, open_storage, owner
 from .store import Store
 from .suites import suite as get_suite
@@ -150,15 +150,16 @@ def sweep(storage, study: optuna.Study, opt: str) -> dict[str, list[int]]:
             warnings.simplefilter("ignore")
             study.enqueue_trial(space.default_params(opt), user_attrs={"default": True})
         return out
-    dead = set(storage.dead_trial_ids(study._study_id))
+    dead = set(storage.dead_trial_ids(_optuna.study_id(storage, study)))
     if dead:
         with warnings.catch_warnings():  # Optuna's own: fails the trials whose heartbeat is stale
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
         for t in trials:  # and those with no heartbeat at all (died inside the ask lock)
-            if t._trial_id in dead:
+            tid = _optuna.trial_id(storage, study, t)
+            if tid in dead:
                 try:
-                    storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                    storage.set_trial_state_values(tid, TrialState.FAIL)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass
                 out["failed"].append(t.number)
@@ -304,15 +305,14 @@ def claim(storage, study: optuna.Study, opt: str, trials: int):
         after = _qmc_counter(storage, study)
         if after is not None and after != before:  # this trial drew quasi-random index after[2]: say so
             trial.set_user_attr("qmc_id", after[2])
-        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner())
-        storage.record_heartbeat(trial._trial_id)  # before leaving the lock: "no heartbeat" means "died here"
+        tid = _optuna.trial_id(storage, study, trial)
+        storage.set_trial_system_attr(tid, OWNER_ATTR, owner())
+        storage.record_heartbeat(tid)  # before leaving the lock: "no heartbeat" means "died here"
     return trial, params, failed
 
 
 def tune_job(job: tuple[str, str]) -> dict:
     """Claim and run one trial of a study, or nothing when every trial is complete or running elsewhere."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
     task_name, opt = job
     task, store, storage, cfg = _CTX["tasks"][task_name], _CTX["store"], _CTX["storage"], _CTX["cfg"]
     study = _study(task_name, opt)
@@ -321,7 +321,8 @@ def tune_job(job: tuple[str, str]) -> dict:
         store.delete_tune_runs(task=task.name, task_hash=task.hash, optimizer=opt, drop_trials=set(failed))
     if trial is None:
         return {"task": task_name, "optimizer": opt, "idle": True}
-    with get_heartbeat_thread(trial._trial_id, storage):  # Optuna's heartbeat thread, as in study.optimize
+    tid = _optuna.trial_id(storage, study, trial)
+    with _optuna.heartbeat_thread(tid, storage, cfg.heartbeat):  # as study.optimize beats beside a trial
         res = execute(task, opt, params, TUNE_SEED, final=False)
         value = res.final_val_loss if math.isfinite(res.final_val_loss) else math.inf
         store.add_run(task=task.name, task_hash=task.hash, optimizer=opt, phase="tune", trial=trial.number,

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import optuna
 import sqlalchemy as sa
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
+from ._optuna import BaseHeartbeat, trial_id
 from .files import LabError
 
 HEARTBEAT = 10  # seconds between heartbeats; a trial silent for GRACE_FACTOR times that is dead
@@ -166,8 +166,8 @@ def owner_is_dead(o) -> bool:
     return _proc_start(int(o["pid"])) != o["start"]
 
 
-def _dead_owners(trials) -> set[int]:
-    return {t._trial_id for t in trials if owner_is_dead(t.system_attrs.get(OWNER_ATTR))}
+def _dead_owners(storage, study_id: int, trials) -> set[int]:
+    return {trial_id(storage, study_id, t) for t in trials if owner_is_dead(t.system_attrs.get(OWNER_ATTR))}
 
 
 # ------------------------------------------------------------------------------------------------ locks
@@ -260,7 +260,8 @@ class LabRDBStorage(optuna.storages.RDBStorage):
         """Running trials whose heartbeat is stale, or that have none (only meaningful inside ask_lock), or
         whose process on this machine is gone (no need to wait out the grace period)."""
         stale = set(self._get_stale_trial_ids(study_id))
-        stale |= _dead_owners(self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)))
+        stale |= _dead_owners(self, study_id, self.get_all_trials(study_id, deepcopy=False,
+                                                                  states=(TrialState.RUNNING,)))
         q = sa.text("SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
                     "WHERE t.study_id = :s AND t.state = 'RUNNING' AND h.trial_id IS NULL")
         with self.engine.connect() as c:
@@ -292,7 +293,8 @@ class LabJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
-        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        return [trial_id(self, study_id, t)
+                for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
                 if HB_ATTR in t.system_attrs and now - t.system_attrs[HB_ATTR] > self.grace_period]
 
     def get_heartbeat_interval(self) -> int | None:
@@ -303,8 +305,8 @@ class LabJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
 
     def dead_trial_ids(self, study_id: int) -> list[int]:
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return sorted(set(self._get_stale_trial_ids(study_id)) | _dead_owners(running) |
-                      {t._trial_id for t in running if HB_ATTR not in t.system_attrs})
+        return sorted(set(self._get_stale_trial_ids(study_id)) | _dead_owners(self, study_id, running) |
+                      {trial_id(self, study_id, t) for t in running if HB_ATTR not in t.system_attrs})
 
 
 def open_storage(url: str, heartbeat: int = HEARTBEAT):
