@@ -36,12 +36,11 @@ def attach_protocols(data: dict, out_dir: str, storage: str | None = None) -> No
     try:
         for t in data["tasks"].values():
             t.protocols = {}
-            meta = (store.get_meta("tasks") or {}).get(t.name, {})
+            task_hash = data["task_meta"].get(t.name, {}).get("hash")
             for proto in names:
                 for opt in data["config"].get("optimizers", []):
                     name = P.variant(opt, proto)
-                    rows = [r for r in store.runs(task=t.name, task_hash=meta.get("hash"), optimizer=name)
-                            if r["phase"] == "final"]
+                    rows = store.runs(task=t.name, task_hash=task_hash, optimizer=name, phase="final")
                     if rows:
                         o = OptResult(name, rows, [store.curves(r["id"]) for r in rows], [], P.TRIAL, rows[0]["params"])
                         score_runs(t, o)
@@ -50,18 +49,14 @@ def attach_protocols(data: dict, out_dir: str, storage: str | None = None) -> No
         store.close()
 
 
-# what each protocol is compared with: (its optimizer, the baseline run under the same protocol or tuned)
-_BASELINES = {"untuned-lr1e-4": ("adam", "same protocol"), "ademamix-paper": ("adamw", "tuned"),
-              "ademamix-short": ("adamw", "tuned"), "adamcm-toy": ("adam", "tuned")}
-
-
 def protocol_rows(tasks: dict[str, TaskResult]) -> list[list[str]]:
     rows = []
     for t in tasks.values():
         for name, o in sorted(t.protocols.items()):
             opt, proto = P.split(name)
-            base, how = _BASELINES.get(proto, ("adam", "tuned"))
-            ref = t.protocols.get(P.variant(base, proto)) if how == "same protocol" else t.opts.get(base)
+            spec = P.PROTOCOLS[proto]
+            base, how = spec.baseline, "same protocol" if spec.baseline_same_protocol else "tuned"
+            ref = t.protocols.get(P.variant(base, proto)) if spec.baseline_same_protocol else t.opts.get(base)
             what = "acc" if t.has_accuracy else "loss"
             c = paired_diff(o, ref, what) if ref is not None and ref is not o else None
             val = o.final_acc if t.has_accuracy else o.final_loss
@@ -85,8 +80,9 @@ def budget_rows(axis: dict[int, dict[str, TaskResult]]) -> tuple[list[str], list
     ks = sorted(axis)
     names = sorted({o for tasks in axis.values() for t in tasks.values() for o in t.opts})
     head = ["", *(f"{k} trials" for k in ks)]
-    rows = [["lattice violations", *(str(sum(r["status"] == "VIOLATION" for r in lattice(axis[k]))) for k in ks)],
-            ["lattice comparisons", *(str(len(lattice(axis[k]))) for k in ks)]]
+    lat = {k: lattice(axis[k]) for k in ks}
+    rows = [["lattice violations", *(str(sum(r["status"] == "VIOLATION" for r in lat[k])) for k in ks)],
+            ["lattice comparisons", *(str(len(lat[k])) for k in ks)]]
     for n in names:
         cells = []
         for k in ks:

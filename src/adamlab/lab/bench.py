@@ -143,7 +143,8 @@ class OutLock:
 
 class Progress:
     """One line per machine with the study-wide count (every process's finished trials or runs, read from the
-    storage at most every 5 seconds: a read of every study takes ~0.2 s): a tqdm bar on a terminal, a plain line a minute otherwise."""
+    storage at most every 5 seconds: a read of every study takes ~0.2 s): a tqdm bar on a terminal, a plain
+    line a minute otherwise."""
 
     def __init__(self, desc: str, total: int, count, quiet: bool, log):
         self.desc, self.total, self.count, self.log = desc, total, count, log
@@ -252,7 +253,7 @@ def _size(cfg: BenchConfig, name: str, task) -> dict:
     return {"base": base, "parameters": sum(p.numel() for p in {id(p): p for p in ps}.values())}
 
 
-def _run_finals(runner: Runner, store: Store, tasks, jobs: list, desc: str, quiet: bool, log) -> list[dict]:
+def _run_finals(runner: Runner, store: Store, jobs: list, desc: str, quiet: bool, log) -> list[dict]:
     n = len(jobs)
     done = store.count_runs(phase="final")
     bar = Progress(desc, n, lambda: store.count_runs(phase="final") - done, quiet, log)
@@ -286,7 +287,7 @@ def _until_decided(cfg: BenchConfig, runner: Runner, storage, store: Store, task
         log(f"  look {look - 1}: {sum(map(len, opened.values()))} (task, optimizer) final sets still open, "
             f"running them to {n} seeds")
         jobs = final_jobs(storage, store, tasks, cfg.optimizers, cfg.trials_for, cfg.seeds, cfg.budgets_for, more)
-        out += _run_finals(runner, store, tasks, jobs, f"look {look}", quiet, log)
+        out += _run_finals(runner, store, jobs, f"look {look}", quiet, log)
     store.put_meta("looks", {"look": look, "max_looks": max_looks})
     return out
 
@@ -342,7 +343,7 @@ def _run_locked(cfg: BenchConfig, skipped, failed, quiet: bool, log) -> tuple[st
         t = time.time()
         fjobs = final_jobs(storage, store, tasks, cfg.optimizers, cfg.trials_for, cfg.seeds, cfg.budgets_for)
         fjobs += protocol_jobs(storage, store, tasks, cfg)
-        finals = _run_finals(runner, store, tasks, fjobs, "seeds ", quiet, log)
+        finals = _run_finals(runner, store, fjobs, "seeds ", quiet, log)
         phases["seeds"] = time.time() - t
         if cfg.until_decided:
             t = time.time()

@@ -33,6 +33,8 @@ class Protocol:
     families: tuple[str, ...]          # task families it runs on
     settings: Settings                 # (task, tuned, optimizers) -> {optimizer: create_optimizer kwargs}
     tasks: tuple[str, ...] = ()        # only these tasks of those families (all when empty)
+    baseline: str = "adam"             # what the report compares each of its runs with ...
+    baseline_same_protocol: bool = False  # ... run under this protocol too (else: its tuned runs)
 
 
 def _untuned(task, tuned, optimizers=()):
@@ -60,12 +62,11 @@ def _adamcm_toy(task, tuned, optimizers=()):
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("untuned-lr1e-4", "every optimizer at its defaults with lr 1e-4, untuned (EXAdam's table)",
-             ("vision",), _untuned,
-             ("digits_cnn", "cifar10_cnn")),
+             ("vision",), _untuned, ("digits_cnn", "cifar10_cnn"), baseline_same_protocol=True),
     Protocol("ademamix-paper", "AdEMAMix on AdamW's tuned setting, α = 8, β3 = 0.9999, α and β3 warmups over the "
-             "whole run (the AdEMAMix paper)", ("lm", "vision"), _ademamix(0.9999, True)),
+             "whole run (the AdEMAMix paper)", ("lm", "vision"), _ademamix(0.9999, True), baseline="adamw"),
     Protocol("ademamix-short", "AdEMAMix on AdamW's tuned setting, α = 8 with its warmup over the run, "
-             "β3 = 0.999 without warmup (better for short runs)", ("lm",), _ademamix(0.999, False)),
+             "β3 = 0.999 without warmup (better for short runs)", ("lm",), _ademamix(0.999, False), baseline="adamw"),
     Protocol("adamcm-toy", "AdamCM on Adam's tuned setting with the toy experiments' C = 5, λ = 0.7",
              ("landscape",), _adamcm_toy),
 )}

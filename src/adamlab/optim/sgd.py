@@ -19,7 +19,20 @@ def _grad(o, p, g, s, c):
     return g
 
 
-class SGD(AdamlabOptimizer):
+class MomentumBufferState:
+    """The state of an optimizer whose one buffer is ``momentum_buffer``, kept while ``momentum`` is not 0 (and
+    made when momentum is switched on mid-run, as ``torch.optim.SGD`` does). Mixed in before the engine's base."""
+
+    def _init_state(self, p, group):
+        if group["momentum"] != 0:
+            return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return {}
+
+    def _lazy_keys(self, group):
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+
+class SGD(MomentumBufferState, AdamlabOptimizer):
     r"""Stochastic gradient descent with optional (Nesterov) momentum, exactly as ``torch.optim.SGD``.
 
     .. math::
@@ -58,14 +71,6 @@ class SGD(AdamlabOptimizer):
         check_bool("nesterov", group["nesterov"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Invalid nesterov: Nesterov momentum requires momentum > 0 and dampening = 0")
-
-    def _init_state(self, p, group):
-        if group["momentum"] != 0:
-            return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
-        return {}
-
-    def _lazy_keys(self, group):
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def _constants(self, group):
         return dict(maximize=group["maximize"], l2=group["weight_decay"] != 0,

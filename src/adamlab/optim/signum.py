@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from ._base import AdamlabOptimizer, check_common, check_range
+from .sgd import MomentumBufferState
 
 __all__ = ["Signum"]
 
 
-class Signum(AdamlabOptimizer):
+class Signum(MomentumBufferState, AdamlabOptimizer):
     r"""Signum: every coordinate moves by the learning rate, in the direction of the sign of a gradient EMA.
 
     .. math::
@@ -36,14 +37,6 @@ class Signum(AdamlabOptimizer):
     def _validate(self, group):
         check_common(group)
         check_range("momentum", group["momentum"], 0.0, 1.0, hi_open=True)
-
-    def _init_state(self, p, group):
-        if group["momentum"] != 0:
-            return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
-        return {}
-
-    def _lazy_keys(self, group):
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def _constants(self, group):
         return dict(maximize=group["maximize"], momentum=group["momentum"] != 0, decay=group["weight_decay"] != 0)
