@@ -119,26 +119,38 @@ class _Rows:
             self.store.close()
 
 
-def _wait_running(url: str, p) -> None:
-    """Until one of p's workers has just started a digits_mlp trial (a run long enough for a kill to land inside
-    it: one seen running late in its run finished before the kill once, on a machine loaded past its cores)."""
+def _freeze_while_running(url: str, p) -> list[int]:
+    """Stop p and its workers (SIGSTOP) at a moment when the storage holds a digits_mlp trial running in one of
+    them, and return the workers' pids. Frozen, no trial can finish between the look and the kill: a trial seen
+    running just before an unfrozen kill finished first once (CI, a machine loaded past its cores)."""
     from adamlab.lab.storages import OWNER_ATTR
 
     from .test_storages import _children
 
     storage = open_storage(url)
+
+    def running_in(kids: set[int], young: bool) -> bool:
+        now = datetime.now()
+        for s in storage.get_all_studies():
+            if s.study_name.startswith("digits_mlp"):
+                for t in storage.get_all_trials(s._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                    if (t.system_attrs.get(OWNER_ATTR) or {}).get("pid") in kids and t.datetime_start is not None \
+                            and (not young or (now - t.datetime_start).total_seconds() < 0.5):
+                        return True
+        return False
+
     deadline = time.monotonic() + WAIT
     while True:
         assert time.monotonic() < deadline, "no trial of the bench ran in time"
         assert p.poll() is None, p.communicate()[1]
         kids = set(_children(p.pid))
-        for s in storage.get_all_studies():
-            if s.study_name.startswith("digits_mlp"):
-                running = storage.get_all_trials(s._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-                now = datetime.now()
-                if any((t.system_attrs.get(OWNER_ATTR) or {}).get("pid") in kids and t.datetime_start is not None
-                       and (now - t.datetime_start).total_seconds() < 0.25 for t in running):
-                    return
+        if kids and running_in(kids, young=True):  # a trial just started: likely still running once frozen
+            for pid in (p.pid, *kids):
+                os.kill(pid, signal.SIGSTOP)
+            if running_in(kids, young=False):  # the stored state can no longer change under us
+                return sorted(kids)
+            for pid in (p.pid, *kids):
+                os.kill(pid, signal.SIGCONT)
         time.sleep(0.02)
 
 
@@ -158,8 +170,9 @@ def test_two_benches_one_killed_and_restarted_match_one_process(kind, tmp_path, 
         b = _bench(tmp_path / "b", *extra, machine=ids[1])  # machine B joins while A runs
         try:
             rows.wait(6, a)  # digits_mlp goes first (the longest task): most of its trials are still to run
-            _wait_running(url, a)
-            os.kill(a.pid, signal.SIGKILL)  # A dies with trials running (its workers die with it)
+            kids = _freeze_while_running(url, a)
+            for pid in (a.pid, *kids):  # A dies with trials running: the whole machine, all at once
+                os.kill(pid, signal.SIGKILL)
             a.wait(timeout=WAIT)
             assert rows() < len(TASKS) * len(OPTS) * TRIALS  # killed mid-run
             rows.close()
