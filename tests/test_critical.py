@@ -215,7 +215,7 @@ def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, kw, monk
     switched off (as on an accelerator) the parallel graph's tensors offer through the opaque op. Both match the
     loop in float64 throughout, two threads, both graphs; a buffer the user replaced (storage offset 0, where dynamo
     would specialise the rows' order) and a state_dict loaded into a new optimizer are put back in place."""
-    from adamlab.optim import critical
+    from adamlab.optim import _buffer
 
     shapes = SHAPES + ((40_000,),)  # and one tensor for the parallel graph
     runs = {}
@@ -224,7 +224,7 @@ def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, kw, monk
     try:
         for name, path, rows in (("loop", dict(foreach=False), True), ("rows", dict(compiled=True), True),
                                  ("op", dict(compiled=True), False)):
-            monkeypatch.setattr(critical, "ROWS", rows)
+            monkeypatch.setattr(_buffer, "ROWS", rows)
             ps = make_params(0, shapes=shapes)
             opt = cls(ps, lr=0.05, **path, **kw)
             calls = []
@@ -239,7 +239,7 @@ def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, kw, monk
                     fresh = cls(ps, lr=0.05, **path, **kw)
                     fresh.load_state_dict(opt.state_dict())
                     opt = fresh
-            assert all(st["buffer"].storage_offset() >= critical._BUF_OFFSET for st in opt.state.values())
+            assert all(st["buffer"].storage_offset() >= _buffer.BUF_OFFSET for st in opt.state.values())
             runs[name] = (torch.cat([p.detach().flatten() for p in ps]), calls, opt)
     finally:
         torch.set_num_threads(threads)

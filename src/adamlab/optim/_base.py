@@ -3,12 +3,14 @@
 An optimizer module supplies only its maths:
 
 * ``_init_state(p, group) -> dict``: the state tensors of a new parameter (``step`` is added here);
-* ``_scalars(group, step) -> dict``: the per-step scalars (bias corrections, schedules, decay factors), computed
-  once per step in float64 Python arithmetic;
-* ``_constants(group) -> dict``: the switches that change the shape of the computation (``amsgrad``,
-  ``maximize``, ...), hashable Python values;
+* ``_scalars(group, step) -> Scalars``: the per-step scalars (bias corrections, schedules), computed once per step
+  in float64 Python arithmetic, with the keys its ``Scalars`` TypedDict declares;
+* ``_constants(group) -> Constants``: the switches that change the shape of the computation (``amsgrad``, ...),
+  hashable Python values, with the keys its ``Constants`` TypedDict declares;
 * ``_rule(o, p, g, st, s, c)``: the update, written once against the operation vocabulary ``o``
-  (:mod:`adamlab.optim._ops`), in place on ``p`` and the state tensors in ``st``;
+  (:class:`~adamlab.optim._contract.Ops`), in place on ``p`` and the state tensors in ``st``;
+* ``_weight_decay`` (and ``_decay_rounding``): how λ enters the update. The engine applies it, and ``maximize``,
+  before the rule (:func:`adamlab.optim._contract.compose`), so a rule holds only its maths;
 * optionally ``_prepare(group, params, grads) -> dict``: scalars that need the whole group (AdamCM's synced
   priority), returned as 0-d tensors;
 * ``_validate(group)``: argument checks, raising :class:`ValueError` that names the argument.
@@ -38,7 +40,7 @@ import os
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -46,6 +48,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _compiled, _dist, _ops
+from ._contract import Decay, check_declared, compose, engine_constants, engine_scalars
 from ._lowp import LowPrecision, resolve_state_dtype
 
 __all__ = ["AdamlabOptimizer", "compiler_available"]
@@ -123,6 +126,21 @@ class AdamlabOptimizer(Optimizer):
     _state_layout: dict[str, int | None] = {}
     #: group keys a param group keeps through ``load_state_dict`` (what the class is, like AdamW's decoupled decay)
     _kept_on_load: tuple[str, ...] = ()
+    #: how the group's weight decay λ enters the update, applied by the engine before the rule: ``"l2"``
+    #: (g ← g + λθ), ``"decoupled"`` (θ ← θ(1 − ηλ)) or ``"rule"`` (the rule applies ``s["weight_decay"]``
+    #: itself); per group through :meth:`_decay`
+    _weight_decay: ClassVar[Decay] = "l2"
+    #: the rounding of decoupled decay: ``"mul"`` θ·(1 − ηλ), or ``"axpy"`` θ + (−ηλ)·θ where the reference computes
+    #: it so (one switch, for an optimizer whose reference rounds differently)
+    _decay_rounding: ClassVar[str] = "mul"
+    #: the declared keys of ``_scalars`` and ``_constants`` (TypedDicts), checked when a plan is built
+    Scalars: ClassVar[type | None] = None
+    Constants: ClassVar[type | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # the update every path runs: the engine's cross-cutting steps, then the class's own maths
+        cls._update = staticmethod(compose(cls._rule, cls._decay_rounding))
 
     def __init__(
         self,
@@ -130,6 +148,8 @@ class AdamlabOptimizer(Optimizer):
         defaults: dict[str, Any],
         **impl: Any,
     ) -> None:
+        if isinstance(defaults.get("betas"), list):  # a list from a config file is the tuple torch.optim stores
+            defaults = {**defaults, "betas": tuple(defaults["betas"])}
         unknown = sorted(set(impl) - set(_IMPL_DEFAULTS))
         if unknown:
             raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {unknown[0]!r}")
@@ -191,6 +211,10 @@ class AdamlabOptimizer(Optimizer):
 
     def _constants(self, group: dict) -> dict[str, Any]:
         return {}
+
+    def _decay(self, group: dict) -> Decay:
+        """How this group's weight decay enters the update (default: the class's ``_weight_decay``)."""
+        return self._weight_decay
 
     def _prepare(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> dict[str, Tensor]:
         return {}
@@ -446,7 +470,8 @@ class AdamlabOptimizer(Optimizer):
         extra = self._prepare(settings, params, grads)
         if plan.sharded or plan.complex:  # the rule steps the local shards, complex tensors as their real views
             grads = [_stepped(g if not _dist.is_dtensor(p) else _local_grad(g, p)) for p, g in zip(params, grads)]
-        c = self._constants(settings)
+        c = {**self._constants(settings), **engine_constants(settings, self._decay(settings))}
+        decay_scalars = engine_scalars(settings, c["decay"], self._decay_rounding)
         plan.steps.add_(1)  # every parameter's ``step`` is a 0-d view into this one tensor
         values = plan.steps.tolist()
         uniform = values.count(values[0]) == len(values)
@@ -462,65 +487,83 @@ class AdamlabOptimizer(Optimizer):
                 buckets = list(by_step.items())
             for step, sub in buckets:
                 s = dict(self._scalars(settings, int(step)))
+                if not plan.checked:  # the rule's contract, once per plan: the keys its types declare
+                    check_declared(type(self).__name__, "_scalars keys", self.Scalars, s)
+                    check_declared(type(self).__name__, "_constants keys", self.Constants, self._constants(settings))
+                    plan.checked = True
+                s.update(decay_scalars)
                 s.update(extra)
                 self._run(part, sub, grads, s, c)
 
     def _run(self, part: _Part, sub: list[int] | None, grads: list[Tensor], s: dict, c: dict) -> None:
-        rule = type(self)._rule
-        lowp = self.lowp
-        T, F = part.T, part.F
-        keys = part.keys
+        """Step the tensors of ``part`` (those at ``sub``, or all) on the path :meth:`_path` picks."""
         if sub is None:
-            ps, sts = part.ps, part.sts
-            gs = [grads[i] for i in part.idx]
+            ps, sts, gs = part.ps, part.sts, [grads[i] for i in part.idx]
         else:
-            ps = [part.ps[j] for j in sub]
-            sts = [part.sts[j] for j in sub]
+            ps, sts = [part.ps[j] for j in sub], [part.sts[j] for j in sub]
             gs = [grads[part.idx[j]] for j in sub]
-        impl = self.implementation
-        if impl == "auto":
-            # the default: compile big buckets where a compiler works; compiling costs seconds, which small
-            # models never win back, so they take the multi-tensor path
-            big = (part.numel if sub is None else sum(p.numel() for p in ps)) >= _AUTO_COMPILE_NUMEL
-            impl = "compiled" if big and compiler_available() and self._fusion_pays(part, s, c) else "foreach"
-        if impl == "compiled" and part.sharding is not None and self._reduces(part, s, c):
+        path = self._path(part, ps if sub is not None else None, s, c)
+        if path == "compiled":
+            eager = self._run_compiled_part(part, sub, ps, gs, sts, s, c)
+            self._run_loop(part.T, ps, gs, sts, s, c, part.keys, eager)
+        elif path == "foreach" and not part.needs_cast:
+            st_lists = part.st_lists if sub is None else {k: [st[k] for st in sts] for k in part.keys}
+            per = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in s.items()}
+            type(self)._update(part.F, ps, gs, st_lists, per, c)
+        else:
+            self._run_loop(part.T, ps, gs, sts, s, c, part.keys, range(len(ps)))
+
+    def _path(self, part: _Part, ps: list[Tensor] | None, s: dict, c: dict) -> str:
+        """The implementation that steps ``part`` (or its tensors ``ps``) now: the optimizer's, with ``"auto"``
+        resolved (compiled for big buckets where a compiler works and fusing pays; compiling costs seconds, which
+        small models never win back), and a sharded reduction kept off the compiled path."""
+        path = self.implementation
+        if path == "auto":
+            big = (part.numel if ps is None else sum(p.numel() for p in ps)) >= _AUTO_COMPILE_NUMEL
+            path = "compiled" if big and compiler_available() and self._fusion_pays(part, s, c) else "foreach"
+        if path == "compiled" and part.sharding is not None and self._reduces(part, s, c):
             # a reduction over a sharded tensor is a collective, which every rank must issue in the same order: the
             # multi-tensor path issues one per reduction for the whole part, where the compiled chunks would issue
             # one per tensor, in an order that depends on the local shard sizes
-            impl = "foreach"
-        if impl == "compiled":
-            if sub is None:
-                fast, eager = part.fast, part.eager
-            else:
-                fast = [i for i in range(len(ps)) if _compiled.compilable(ps[i], sts[i], keys)]
-                eager = sorted(set(range(len(ps))) - set(fast))
-            if fast:
-                try:
-                    if len(fast) == len(ps):
-                        fps, fgs, fsts = ps, gs, sts
-                    else:
-                        fps, fgs, fsts = [ps[i] for i in fast], [gs[i] for i in fast], [sts[i] for i in fast]
-                    # the part's own tensors (``part.fast`` of them, the same every step): its runner is reused
-                    self._run_compiled(fps, fgs, fsts, s, c, keys, part.dtype, part.device,
-                                       part if sub is None else None, part.group)
-                except Exception as err:
-                    if not _compiled.is_compiler_failure(err):
-                        raise
-                    warnings.warn(f"adamlab: compiled step failed ({type(err).__name__}); falling back to the "
-                                  "multi-tensor path", RuntimeWarning, stacklevel=4)
-                    self.implementation = "foreach"
-                    # the tensors of the chunks before the failing one have had this step: the rest, once
-                    stepped = {fast[k] for k in getattr(err, "adamlab_stepped", ())}
-                    eager = [i for i in range(len(ps)) if i not in stepped]
-            for i in eager:
-                lowp.apply(rule, T, ps[i], gs[i], {k: sts[i][k] for k in keys}, s, c)
-        elif impl == "foreach" and not part.needs_cast:
-            st_lists = part.st_lists if sub is None else {k: [st[k] for st in sts] for k in keys}
-            per = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in s.items()}
-            rule(F, ps, gs, st_lists, per, c)
+            path = "foreach"
+        return path
+
+    def _run_loop(self, o, ps, gs, sts, s: dict, c: dict, keys, which) -> None:
+        """The plain per-tensor loop (vocabulary ``o``) over the tensors at ``which`` (the ground truth; bf16/fp16
+        and cast state through :class:`LowPrecision`)."""
+        update, lowp = type(self)._update, self.lowp
+        for i in which:
+            lowp.apply(update, o, ps[i], gs[i], {k: sts[i][k] for k in keys}, s, c)
+
+    def _run_compiled_part(self, part: _Part, sub, ps, gs, sts, s: dict, c: dict) -> list[int]:
+        """The compiled step of the compilable tensors of ``ps``; returns the indices the loop must still step: the
+        tensors the compiled graphs cannot take, and, if the compiler fails, every tensor its chunks did not step
+        (the optimizer then stays on the multi-tensor path, with a warning)."""
+        if sub is None:
+            fast, eager = part.fast, part.eager
         else:
-            for p, g, st in zip(ps, gs, sts):
-                lowp.apply(rule, T, p, g, {k: st[k] for k in keys}, s, c)
+            fast = [i for i in range(len(ps)) if _compiled.compilable(ps[i], sts[i], part.keys)]
+            eager = sorted(set(range(len(ps))) - set(fast))
+        if not fast:
+            return eager
+        try:
+            if len(fast) == len(ps):
+                fps, fgs, fsts = ps, gs, sts
+            else:
+                fps, fgs, fsts = [ps[i] for i in fast], [gs[i] for i in fast], [sts[i] for i in fast]
+            # the part's own tensors (``part.fast`` of them, the same every step): its runner is reused
+            self._run_compiled(fps, fgs, fsts, s, c, part.keys, part.dtype, part.device,
+                               part if sub is None else None, part.group)
+        except Exception as err:
+            if not _compiled.is_compiler_failure(err):
+                raise
+            warnings.warn(f"adamlab: compiled step failed ({type(err).__name__}); falling back to the "
+                          "multi-tensor path", RuntimeWarning, stacklevel=5)
+            self.implementation = "foreach"
+            # the tensors of the chunks before the failing one have had this step: the rest, once
+            stepped = {fast[k] for k in getattr(err, "adamlab_stepped", ())}
+            return [i for i in range(len(ps)) if i not in stepped]
+        return eager
 
     def _fusion_pays(self, part: _Part, s: dict, c: dict) -> bool:
         """Whether compiling can beat the multi-tensor path: not when the rule is a single multi-tensor operation
@@ -541,7 +584,7 @@ class AdamlabOptimizer(Optimizer):
             dummy = torch.zeros(2, dtype=part.dtype, device=part.device)
             st = {k: v for k, v in self._new_state(dummy, part.group).items() if k != "step"}
             try:
-                type(self)._rule(counter, [dummy], [torch.zeros_like(dummy)], {k: [v] for k, v in st.items()},
+                type(self)._update(counter, [dummy], [torch.zeros_like(dummy)], {k: [v] for k, v in st.items()},
                                  {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in s.items()}, c)
             except Exception:  # a rule the scratch run cannot take: compile, as for any big bucket; assume it reduces
                 counter.calls, counter.reductions = 2, 1
@@ -650,10 +693,11 @@ class _Part:
 class _Plan:
     """A param group's parameters with gradients, their state, and their (device, dtype) parts."""
 
-    __slots__ = ("group", "params", "states", "sig", "steps", "parts", "sharded", "complex")
+    __slots__ = ("group", "params", "states", "sig", "steps", "parts", "sharded", "complex", "checked")
 
     def __init__(self, opt: AdamlabOptimizer, group: dict, params: list[Tensor]) -> None:
         self.group = group
+        self.checked = False  # whether the rule's declared scalars and constants were checked
         self.params = params
         self.states = [opt.state[p] for p in params]
         # one float32 tensor holds the step counts of the group, each parameter's ``step`` a 0-d view of it: a

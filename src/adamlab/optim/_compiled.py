@@ -135,7 +135,7 @@ def compiled_chunk(cls: type, c: dict, mode: str, names: tuple[str, ...], size: 
     if fn is None:
         lowp = LowPrecision(mode)
         glb = dict(_chunk_body.__globals__)
-        glb.update(_APPLY=lowp.apply, _RULE=cls._rule, _OPS=_ops.C, _CONSTS=dict(c), _NAMES=names)
+        glb.update(_APPLY=lowp.apply, _RULE=cls._update, _OPS=_ops.C, _CONSTS=dict(c), _NAMES=names)
         code = _chunk_body.__code__.replace(co_name=f"{cls.__name__}_step_{len(_COMPILED)}")
         body = types.FunctionType(code, glb, code.co_name)
         graphs = _GRAPHS[key] = _Graphs(body)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import torch
 
@@ -12,17 +13,32 @@ from ._base import AdamlabOptimizer, check_bool, check_common, check_range
 __all__ = ["Adam", "AdamW", "adam_denominator"]
 
 
+class AdamScalars(TypedDict):
+    """Adam's per-step scalars (also AdamCM's, AdamCG's and CoupledAdam's, which add their own)."""
+
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    bc2_sqrt: float  #: sqrt(1 − β₂ᵗ) (1 when v starts at v₀ > 0)
+    neg_step_size: float  #: −η / (1 − β₁ᵗ)
+    eps: float
+
+
+class AdamConstants(TypedDict):
+    amsgrad: bool
+
+
 def adam_denominator(o, v, s):
     """``sqrt(v) / sqrt(1 - beta2^t) + eps``, a new tensor (torch's rounding order)."""
     return o.add_(o.div(o.sqrt(v), s["bc2_sqrt"]), s["eps"])
 
 
-def adam_bias_scalars(group: dict, step: int, v0: float = 0.0) -> dict[str, float]:
+def adam_bias_scalars(group: dict, step: int, v0: float = 0.0) -> AdamScalars:
     """Bias corrections of Adam's moments: m always, v only when it starts from zero."""
     beta1, beta2 = group["betas"][0], group["betas"][1]
     bc1 = 1 - beta1 ** step
     bc2 = 1 - beta2 ** step if v0 == 0 else 1.0
-    return dict(one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
+    return AdamScalars(one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
                 bc2_sqrt=math.sqrt(bc2), neg_step_size=-group["lr"] / bc1, eps=group["eps"])
 
 
@@ -60,11 +76,12 @@ class Adam(AdamlabOptimizer):
     #: Adam and AdamW keep their own decoupling through load_state_dict (an Adam state dict loads into AdamW as
     #: AdamW, as in torch.optim, and the other way round)
     _kept_on_load = ("decoupled_weight_decay",)
+    Scalars, Constants = AdamScalars, AdamConstants
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False, amsgrad: bool = False,
                  initial_accumulator_value: float = 0.0, maximize: bool = False, **impl):
-        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+        defaults = dict(lr=lr, betas=betas, eps=eps,
                         weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
                         initial_accumulator_value=initial_accumulator_value, maximize=maximize)
         super().__init__(params, defaults, **impl)
@@ -89,24 +106,17 @@ class Adam(AdamlabOptimizer):
             st["max_exp_avg_sq"] = st["exp_avg_sq"].clone()
         return st
 
-    def _constants(self, group):
-        wd = group["weight_decay"] != 0
-        return dict(maximize=group["maximize"], amsgrad=group["amsgrad"],
-                    l2=wd and not group["decoupled_weight_decay"], decoupled=wd and group["decoupled_weight_decay"])
+    def _decay(self, group):
+        return "decoupled" if group["decoupled_weight_decay"] else "l2"
 
-    def _scalars(self, group, step):
-        s = adam_bias_scalars(group, step, group["initial_accumulator_value"])
-        s.update(weight_decay=group["weight_decay"], decay_factor=1 - group["lr"] * group["weight_decay"])
-        return s
+    def _constants(self, group) -> AdamConstants:
+        return AdamConstants(amsgrad=group["amsgrad"])
+
+    def _scalars(self, group, step) -> AdamScalars:
+        return adam_bias_scalars(group, step, group["initial_accumulator_value"])
 
     @staticmethod
-    def _rule(o, p, g, st, s, c):
-        if c["maximize"]:
-            g = o.neg(g)
-        if c["decoupled"]:
-            o.mul_(p, s["decay_factor"])
-        elif c["l2"]:
-            g = o.axpy(g, p, s["weight_decay"])
+    def _rule(o, p, g, st, s: AdamScalars, c: AdamConstants) -> None:
         m = o.lerp_(st["exp_avg"], g, s["one_minus_beta1"])
         v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g, g, s["one_minus_beta2"])
         if c["amsgrad"]:

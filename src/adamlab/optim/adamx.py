@@ -4,12 +4,21 @@ so that late training becomes momentum SGD with a fixed preconditioner."""
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import torch
 
 from ._base import AdamlabOptimizer, check_common
 
 __all__ = ["AdamX", "AdamNX"]
+
+
+class AdamXScalars(TypedDict):
+    one_minus_beta1_t: float
+    beta2_t: float
+    one_minus_beta2_t: float
+    eps: float
+    neg_lr: float
 
 
 def adamx_betas(beta1: float, beta2: float, step: int) -> tuple[float, float]:
@@ -79,9 +88,12 @@ class AdamX(AdamlabOptimizer):
         >>> opt.step()
     """
 
+    _weight_decay = "decoupled"
+    Scalars = AdamXScalars
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
                  weight_decay: float = 1e-2, maximize: bool = False, **impl):
-        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+        defaults = dict(lr=lr, betas=betas, eps=eps,
                         weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, **impl)
 
@@ -92,21 +104,14 @@ class AdamX(AdamlabOptimizer):
         return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
-    def _constants(self, group):
-        return dict(maximize=group["maximize"], decay=group["weight_decay"] != 0)
-
     def _scalars(self, group, step):
         beta1_t, beta2_t = adamx_betas(group["betas"][0], group["betas"][1], step)
         lr = group["lr"]
-        return dict(one_minus_beta1_t=1 - beta1_t, beta2_t=beta2_t, one_minus_beta2_t=1 - beta2_t,
-                    eps=group["eps"], neg_lr=-lr, decay_factor=1 - lr * group["weight_decay"])
+        return AdamXScalars(one_minus_beta1_t=1 - beta1_t, beta2_t=beta2_t, one_minus_beta2_t=1 - beta2_t,
+                            eps=group["eps"], neg_lr=-lr)
 
     @staticmethod
     def _rule(o, p, g, st, s, c):
-        if c["maximize"]:
-            g = o.neg(g)
-        if c["decay"]:
-            o.mul_(p, s["decay_factor"])
         m = o.lerp_(st["exp_avg"], g, s["one_minus_beta1_t"])
         v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2_t"]), g, g, s["one_minus_beta2_t"])
         o.addcdiv_(p, m, o.add_(o.sqrt(v), s["eps"]), s["neg_lr"])

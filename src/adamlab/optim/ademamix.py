@@ -4,12 +4,31 @@ very slow EMA of the gradient, with linear warmups of the mixing weight α and o
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import torch
 
 from ._base import AdamlabOptimizer, check_betas, check_common, check_range
 
 __all__ = ["AdEMAMix", "alpha_schedule", "beta3_schedule"]
+
+
+class AdEMAMixScalars(TypedDict):
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    beta3: float  #: β₃ at this step (its warmup schedule)
+    one_minus_beta3: float
+    bc1: float
+    bc2_sqrt: float
+    eps: float
+    alpha: float  #: α at this step (its warmup schedule)
+    neg_lr: float
+
+
+class AdEMAMixConstants(TypedDict):
+    fast: bool  #: β₁ ≠ 0 (β₁ = 0: the fast EMA is the gradient itself)
 
 
 def alpha_schedule(step: int, alpha: float, warmup: float | None) -> float:
@@ -102,10 +121,13 @@ class AdEMAMix(AdamlabOptimizer):
         >>> opt.step()
     """
 
+    _weight_decay = "rule"  # λθ is added to the update u, inside the step, as the reference does
+    Scalars, Constants = AdEMAMixScalars, AdEMAMixConstants
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
                  alpha: float = 2.0, alpha_warmup: int | None = None, beta3_warmup: int | None = None,
                  eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False, **impl):
-        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, alpha=alpha,
+        defaults = dict(lr=lr, betas=betas, alpha=alpha,
                         alpha_warmup=alpha_warmup, beta3_warmup=beta3_warmup, eps=eps,
                         weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, **impl)
@@ -127,21 +149,19 @@ class AdEMAMix(AdamlabOptimizer):
         return st
 
     def _constants(self, group):
-        return dict(maximize=group["maximize"], fast=group["betas"][0] != 0, decay=group["weight_decay"] != 0)
+        return AdEMAMixConstants(fast=group["betas"][0] != 0)
 
     def _scalars(self, group, step):
         beta1, beta2, beta3 = group["betas"]
         beta3_t = beta3_schedule(step, beta1, beta3, group["beta3_warmup"])
-        return dict(beta1=beta1, one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
-                    beta3=beta3_t, one_minus_beta3=1 - beta3_t, bc1=1 - beta1 ** step,
-                    bc2_sqrt=math.sqrt(1 - beta2 ** step), eps=group["eps"],
-                    alpha=alpha_schedule(step, group["alpha"], group["alpha_warmup"]),
-                    weight_decay=group["weight_decay"], neg_lr=-group["lr"])
+        return AdEMAMixScalars(beta1=beta1, one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
+                               beta3=beta3_t, one_minus_beta3=1 - beta3_t, bc1=1 - beta1 ** step,
+                               bc2_sqrt=math.sqrt(1 - beta2 ** step), eps=group["eps"],
+                               alpha=alpha_schedule(step, group["alpha"], group["alpha_warmup"]),
+                               neg_lr=-group["lr"])
 
     @staticmethod
     def _rule(o, p, g, st, s, c):
-        if c["maximize"]:
-            g = o.neg(g)
         if c["fast"]:
             m1 = o.axpy_(o.mul_(st["exp_avg_fast"], s["beta1"]), g, s["one_minus_beta1"])
         else:

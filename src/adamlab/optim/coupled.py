@@ -4,13 +4,22 @@ vocabulary axis of an embedding matrix), so that every token shares one denomina
 from __future__ import annotations
 
 import warnings
+from typing import TypedDict
 
 import torch
 
 from ._base import AdamlabOptimizer, check_bool, check_common, check_range
-from .adam import adam_bias_scalars, adam_denominator
+from .adam import AdamScalars, adam_bias_scalars, adam_denominator
 
 __all__ = ["CoupledAdam"]
+
+
+class CoupledAdamScalars(AdamScalars):
+    coupled_scale: float
+
+
+class CoupledAdamConstants(TypedDict):
+    coupled: bool  #: v is averaged over dim 0 (the vocabulary) in this group
 
 
 class CoupledAdam(AdamlabOptimizer):
@@ -69,10 +78,13 @@ class CoupledAdam(AdamlabOptimizer):
         >>> emb(torch.randint(0, 100, (8,))).pow(2).sum().backward(); opt.step()
     """
 
+    _weight_decay = "decoupled"
+    Scalars, Constants = CoupledAdamScalars, CoupledAdamConstants
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, coupled: bool = True, coupled_scale: float = 1.0, maximize: bool = False,
                  **impl):
-        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+        defaults = dict(lr=lr, betas=betas, eps=eps,
                         weight_decay=weight_decay, coupled=coupled, coupled_scale=coupled_scale, maximize=maximize)
         super().__init__(params, defaults, **impl)
 
@@ -94,22 +106,17 @@ class CoupledAdam(AdamlabOptimizer):
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
     def _constants(self, group):
-        return dict(maximize=group["maximize"], decoupled=group["weight_decay"] != 0, coupled=group["coupled"])
+        return CoupledAdamConstants(coupled=group["coupled"])
 
     def _flattens(self, c):
         return not c["coupled"]  # the mean over dim 0 needs the tensor's own shape
 
     def _scalars(self, group, step):
         s = adam_bias_scalars(group, step)
-        s.update(decay_factor=1 - group["lr"] * group["weight_decay"], coupled_scale=group["coupled_scale"])
-        return s
+        return CoupledAdamScalars(**s, coupled_scale=group["coupled_scale"])
 
     @staticmethod
     def _rule(o, p, g, st, s, c):
-        if c["maximize"]:
-            g = o.neg(g)
-        if c["decoupled"]:
-            o.mul_(p, s["decay_factor"])
         m = o.lerp_(st["exp_avg"], g, s["one_minus_beta1"])
         v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g, g, s["one_minus_beta2"])
         if c["coupled"]:  # one value per column, broadcast over the rows (the mean over every shard's rows)

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import torch
 
 from ._base import AdamlabOptimizer, check_bool, check_common
 
 __all__ = ["EXAdam"]
+
+
+class EXAdamScalars(TypedDict):
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    beta1_t: float  #: β₁ᵗ
+    beta2_t: float  #: β₂ᵗ
+    bc1: float
+    bc2: float
+    eps: float
+    neg_step_size: float  #: −η, or −η·ln(√2·√(t+1)) with ``dynamic_step_size``
 
 _BIG = 1e38  # above it, v/(v+ε) = 1 in float32 and float64 alike (below float32's and bfloat16's largest value)
 
@@ -74,9 +88,12 @@ class EXAdam(AdamlabOptimizer):
         >>> opt.step()
     """
 
+    _weight_decay, _decay_rounding = "decoupled", "axpy"  # θ + (−ηλ)·θ, the reference's rounding
+    Scalars = EXAdamScalars
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, dynamic_step_size: bool = False, maximize: bool = False, **impl):
-        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+        defaults = dict(lr=lr, betas=betas, eps=eps,
                         weight_decay=weight_decay, dynamic_step_size=dynamic_step_size, maximize=maximize)
         super().__init__(params, defaults, **impl)
 
@@ -88,24 +105,17 @@ class EXAdam(AdamlabOptimizer):
         return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
-    def _constants(self, group):
-        return dict(maximize=group["maximize"], decay=group["weight_decay"] != 0)
-
     def _scalars(self, group, step):
         beta1, beta2 = group["betas"]
         lr = group["lr"]
         beta1_t, beta2_t = beta1 ** step, beta2 ** step
         step_size = lr * math.log(math.sqrt(step + 1) * _SQRT_2) if group["dynamic_step_size"] else lr
-        return dict(beta1=beta1, one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
-                    beta1_t=beta1_t, beta2_t=beta2_t, bc1=1 - beta1_t, bc2=1 - beta2_t, eps=group["eps"],
-                    neg_step_size=-step_size, neg_lr_wd=lr * -group["weight_decay"])
+        return EXAdamScalars(beta1=beta1, one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
+                             beta1_t=beta1_t, beta2_t=beta2_t, bc1=1 - beta1_t, bc2=1 - beta2_t, eps=group["eps"],
+                             neg_step_size=-step_size)
 
     @staticmethod
     def _rule(o, p, g, st, s, c):
-        if c["maximize"]:
-            g = o.neg(g)
-        if c["decay"]:
-            o.axpy_(p, p, s["neg_lr_wd"])  # θ + (−ηλ)·θ, the reference's rounding
         m = o.axpy_(o.mul_(st["exp_avg"], s["beta1"]), g, s["one_minus_beta1"])
         v = o.addcmul_(o.mul_(st["exp_avg_sq"], s["beta2"]), g, g, s["one_minus_beta2"])
         # v/(v+ε) and m²/(m²+ε) are 1 for v, m² of 1e38 or more (inf/inf would be NaN where Adam's step is finite;

@@ -3,20 +3,45 @@ the same name (same arguments, same formulas), and RMSprop gains ``initial_accum
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 
 from ._base import AdamlabOptimizer, check_bool, check_common, check_range
 
 __all__ = ["SGD", "Adagrad", "RMSprop"]
 
+# (maximize's sign flip and the L2 decay g + λθ are applied by the engine before each rule below)
 
-def _grad(o, p, g, s, c):
-    """The gradient the rule sees: sign-flipped when maximizing, plus coupled L2 decay."""
-    if c["maximize"]:
-        g = o.neg(g)
-    if c["l2"]:
-        g = o.axpy(g, p, s["weight_decay"])
-    return g
+
+class SGDScalars(TypedDict):
+    neg_lr: float
+    mu: float  #: the momentum μ
+    buf_decay: float  #: μ, or 0 at the first step (the buffer starts as a copy of the gradient)
+    buf_coef: float  #: 1 − dampening, or 1 at the first step
+
+
+class SGDConstants(TypedDict):
+    momentum: bool
+    nesterov: bool
+
+
+class AdagradScalars(TypedDict):
+    neg_clr: float  #: −η / (1 + (t − 1)·lr_decay)
+    eps: float
+
+
+class RMSpropScalars(TypedDict):
+    alpha: float
+    one_minus_alpha: float
+    eps: float
+    neg_lr: float
+    mu: float
+
+
+class RMSpropConstants(TypedDict):
+    momentum: bool
+    centered: bool
 
 
 class MomentumBufferState:
@@ -58,6 +83,8 @@ class SGD(MomentumBufferState, AdamlabOptimizer):
         >>> opt = SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     """
 
+    Scalars, Constants = SGDScalars, SGDConstants
+
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0, maximize: bool = False, **impl):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
@@ -73,18 +100,16 @@ class SGD(MomentumBufferState, AdamlabOptimizer):
             raise ValueError("Invalid nesterov: Nesterov momentum requires momentum > 0 and dampening = 0")
 
     def _constants(self, group):
-        return dict(maximize=group["maximize"], l2=group["weight_decay"] != 0,
-                    momentum=group["momentum"] != 0, nesterov=group["nesterov"])
+        return SGDConstants(momentum=group["momentum"] != 0, nesterov=group["nesterov"])
 
     def _scalars(self, group, step):
         mu, first = group["momentum"], step == 1
-        return dict(neg_lr=-group["lr"], weight_decay=group["weight_decay"], mu=mu,
+        return SGDScalars(neg_lr=-group["lr"], mu=mu,
                     # the buffer starts as a copy of the first gradient: b = 0*b + 1*g exactly
-                    buf_decay=0.0 if first else mu, buf_coef=1.0 if first else 1.0 - group["dampening"])
+                          buf_decay=0.0 if first else mu, buf_coef=1.0 if first else 1.0 - group["dampening"])
 
     @staticmethod
     def _rule(o, p, g, st, s, c):
-        g = _grad(o, p, g, s, c)
         if c["momentum"]:
             buf = o.axpy_(o.mul_(st["momentum_buffer"], s["buf_decay"]), g, s["buf_coef"])
             g = o.axpy(g, buf, s["mu"]) if c["nesterov"] else buf
@@ -116,6 +141,8 @@ class Adagrad(AdamlabOptimizer):
         >>> opt = Adagrad(torch.nn.Linear(4, 1).parameters(), lr=0.1)
     """
 
+    Scalars = AdagradScalars
+
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10, maximize: bool = False, **impl):
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
@@ -131,15 +158,14 @@ class Adagrad(AdamlabOptimizer):
         return {"sum": torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)}
 
     def _constants(self, group):
-        return dict(maximize=group["maximize"], l2=group["weight_decay"] != 0)
+        return {}
 
     def _scalars(self, group, step):
         clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
-        return dict(neg_clr=-clr, weight_decay=group["weight_decay"], eps=group["eps"])
+        return AdagradScalars(neg_clr=-clr, eps=group["eps"])
 
     @staticmethod
     def _rule(o, p, g, st, s, c):
-        g = _grad(o, p, g, s, c)
         o.addcmul_(st["sum"], g, g, 1.0)
         std = o.add_(o.sqrt(st["sum"]), s["eps"])
         o.addcdiv_(p, g, std, s["neg_clr"])
@@ -175,6 +201,8 @@ class RMSprop(AdamlabOptimizer):
         >>> opt = RMSprop(torch.nn.Linear(4, 1).parameters(), lr=1e-3, centered=True)
     """
 
+    Scalars, Constants = RMSpropScalars, RMSpropConstants
+
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.0, centered: bool = False, initial_accumulator_value: float = 0.0,
                  maximize: bool = False, **impl):
@@ -199,17 +227,15 @@ class RMSprop(AdamlabOptimizer):
         return st
 
     def _constants(self, group):
-        return dict(maximize=group["maximize"], l2=group["weight_decay"] != 0,
-                    momentum=group["momentum"] > 0, centered=group["centered"])
+        return RMSpropConstants(momentum=group["momentum"] > 0, centered=group["centered"])
 
     def _scalars(self, group, step):
         a = group["alpha"]
-        return dict(alpha=a, one_minus_alpha=1 - a, eps=group["eps"], neg_lr=-group["lr"],
-                    weight_decay=group["weight_decay"], mu=group["momentum"])
+        return RMSpropScalars(alpha=a, one_minus_alpha=1 - a, eps=group["eps"], neg_lr=-group["lr"],
+                              mu=group["momentum"])
 
     @staticmethod
     def _rule(o, p, g, st, s, c):
-        g = _grad(o, p, g, s, c)
         v = o.addcmul_(o.mul_(st["square_avg"], s["alpha"]), g, g, s["one_minus_alpha"])
         if c["centered"]:
             ga = o.lerp_(st["grad_avg"], g, s["one_minus_alpha"])

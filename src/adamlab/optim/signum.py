@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 
 from ._base import AdamlabOptimizer, check_common, check_range
 from .sgd import MomentumBufferState
 
 __all__ = ["Signum"]
+
+
+class SignumScalars(TypedDict):
+    beta: float
+    one_minus_beta: float
+    neg_lr: float
+
+
+class SignumConstants(TypedDict):
+    momentum: bool
 
 
 class Signum(MomentumBufferState, AdamlabOptimizer):
@@ -29,6 +41,9 @@ class Signum(MomentumBufferState, AdamlabOptimizer):
         >>> opt = Signum(torch.nn.Linear(4, 1).parameters(), lr=1e-3, momentum=0.9)
     """
 
+    _weight_decay = "decoupled"
+    Scalars, Constants = SignumScalars, SignumConstants
+
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
                  maximize: bool = False, **impl):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize)
@@ -39,18 +54,14 @@ class Signum(MomentumBufferState, AdamlabOptimizer):
         check_range("momentum", group["momentum"], 0.0, 1.0, hi_open=True)
 
     def _constants(self, group):
-        return dict(maximize=group["maximize"], momentum=group["momentum"] != 0, decay=group["weight_decay"] != 0)
+        return SignumConstants(momentum=group["momentum"] != 0)
 
     def _scalars(self, group, step):
         beta, lr = group["momentum"], group["lr"]
-        return dict(beta=beta, one_minus_beta=1 - beta, neg_lr=-lr, decay_factor=1 - lr * group["weight_decay"])
+        return SignumScalars(beta=beta, one_minus_beta=1 - beta, neg_lr=-lr)
 
     @staticmethod
     def _rule(o, p, g, st, s, c):
-        if c["maximize"]:
-            g = o.neg(g)
-        if c["decay"]:
-            o.mul_(p, s["decay_factor"])
         if c["momentum"]:
             g = o.axpy_(o.mul_(st["momentum_buffer"], s["beta"]), g, s["one_minus_beta"])
         o.axpy_(p, o.per(torch.sign, g), s["neg_lr"])
