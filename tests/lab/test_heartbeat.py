@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from adamlab.lab import _optuna
 from adamlab.lab.protocol import BenchConfig, claim, load_study, make_tasks, recover
 from adamlab.lab.storages import HB_ATTR
 
@@ -31,7 +32,9 @@ def _make_stale(storage, trial_id):
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
 def test_fresh_heartbeat_survives_stale_heartbeat_is_failed_and_requeued(kind, tmp_path, request):
     cfg = BenchConfig(out=str(tmp_path / "o"), suite="smoke", tasks=["sharp_flat"], optimizers=["adam"], trials=4,
-                      seeds=2, heartbeat=1, storage=_storage_url(kind, tmp_path, request))
+                      seeds=2, heartbeat=60, storage=_storage_url(kind, tmp_path, request))
+    # (a long interval: the live trial must stay fresh however loaded the machine is; the dead one is made stale
+    # by hand. With 1 s, a CPU-starved run once saw both as stale)
     storage, store = cfg.open()
     tasks = make_tasks(cfg)
     recover(storage, store, tasks, ["adam"])  # fresh study: the defaults queued as trial 0
@@ -39,7 +42,7 @@ def test_fresh_heartbeat_survives_stale_heartbeat_is_failed_and_requeued(kind, t
     live, _, _ = claim(storage, study, "adam", cfg.trials)  # bench A, alive: heartbeat fresh
     dead, dead_params, _ = claim(storage, study, "adam", cfg.trials)  # bench A's other worker, dies
     assert live.user_attrs["default"] and dead.user_attrs["qmc_id"] == 0
-    _make_stale(storage, dead._trial_id)
+    _make_stale(storage, _optuna.trial_id(storage, study, dead))
 
     stats = recover(storage, store, tasks, ["adam"])  # bench B starts on the same storage
     assert stats["failed_running"] == 1
@@ -90,8 +93,8 @@ def test_a_trial_whose_process_on_this_machine_is_gone_is_dead_at_once(tmp_path)
     p = subprocess.Popen(["true"])
     p.wait()
     dead_owner = {**owner(), "pid": p.pid, "start": "1"}
-    storage.set_trial_system_attr(gone._trial_id, OWNER_ATTR, dead_owner)
-    storage.set_trial_system_attr(elsewhere._trial_id, OWNER_ATTR, {**dead_owner, "where": "another-machine"})
+    storage.set_trial_system_attr(_optuna.trial_id(storage, study, gone), OWNER_ATTR, dead_owner)
+    storage.set_trial_system_attr(_optuna.trial_id(storage, study, elsewhere), OWNER_ATTR, {**dead_owner, "where": "another-machine"})
     assert recover(storage, store, tasks, ["adam"])["failed_running"] == 1  # heartbeats all fresh
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]

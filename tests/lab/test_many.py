@@ -58,7 +58,7 @@ def _audit(url: str) -> dict:
         studies = storage.get_all_studies()
         assert len(studies) == len(TASKS) * len(OPTS)
         for s in studies:
-            trials = storage.get_all_trials(s._study_id, deepcopy=False)
+            trials = storage.get_all_trials(storage.get_study_id_from_name(s.study_name), deepcopy=False)
             assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
             done = [t for t in trials if t.state == TrialState.COMPLETE]
             failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -133,7 +133,7 @@ def _freeze_while_running(url: str, p) -> list[int]:
         now = datetime.now()
         for s in storage.get_all_studies():
             if s.study_name.startswith("digits_mlp"):
-                for t in storage.get_all_trials(s._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                for t in storage.get_all_trials(storage.get_study_id_from_name(s.study_name), deepcopy=False, states=(TrialState.RUNNING,)):
                     if (t.system_attrs.get(OWNER_ATTR) or {}).get("pid") in kids and t.datetime_start is not None \
                             and (not young or (now - t.datetime_start).total_seconds() < 0.5):
                         return True
