@@ -1,4 +1,4 @@
-"""Training-loop pieces from the notes, usable with any ``torch.optim.Optimizer``.
+"""Training-loop pieces every optimizer course teaches, usable with any ``torch.optim.Optimizer``.
 
 * gradient clipping by value and by global norm;
 * gradient accumulation over ``k`` micro-batches (for a mean-reduced loss, equal to round-off to one step on the

@@ -180,7 +180,7 @@ class RMSprop(AdamlabOptimizer):
         b_t = \mu b_{t-1} + g_t / d_t;\quad \theta_t = \theta_{t-1} - \eta\, b_t
 
     ``initial_accumulator_value=1`` is the TensorFlow / Choi et al. (2019) convention; with ``alpha=1, eps=0``
-    and ``momentum=γ`` it makes RMSprop exactly momentum SGD (the notes' inclusion).
+    and ``momentum=γ`` it makes RMSprop exactly momentum SGD (an inclusion of the lattice).
 
     Args:
         params: the tensors to optimise: an iterable of tensors, of param-group dicts (any argument below
