@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import adamlab
+from adamlab.lab.spaces import SEARCH_SPACES, LogFloat, OneMinusLog
 from adamlab.optim._base import compiler_available
-from adamlab.registry import LogFloat, OneMinusLog, get_optimizer_info
+from adamlab.registry import get_optimizer_info
 
 from conftest import PATH_IDS, PATHS
 from trajectory import fake_grad, make_params, max_rel, resume_matches
@@ -159,8 +160,9 @@ def test_bad_arguments_name_themselves(kw, exc, match):
 def test_registry_row():
     info = get_optimizer_info("signum")
     assert info.cls is adamlab.Signum
-    assert isinstance(info.search_space["lr"], LogFloat) and isinstance(info.search_space["momentum"], OneMinusLog)
-    assert "weight_decay" in info.search_space
+    sp = SEARCH_SPACES["signum"]
+    assert isinstance(sp["lr"], LogFloat) and isinstance(sp["momentum"], OneMinusLog)
+    assert "weight_decay" in sp
     opt = adamlab.create_optimizer("signum", torch.nn.Linear(3, 2), momentum=0.5)
     assert isinstance(opt, adamlab.Signum) and opt.defaults["momentum"] == 0.5
     d = adamlab.Signum([torch.ones(1, requires_grad=True)]).defaults

@@ -74,7 +74,8 @@ def _report(folder: str, storage: str | None = None) -> int:
     """`adamlab report DIR`: rebuild the report, or a one-line error with nothing written."""
     import sqlite3
 
-    from adamlab.lab.files import LabError, check_db, writable
+    from adamlab.errors import LabError
+    from adamlab.lab.files import check_db, writable
     from adamlab.lab.report import build_report
 
     if storage is not None:
@@ -94,7 +95,8 @@ def _report(folder: str, storage: str | None = None) -> int:
 
 
 def _report_storage(folder: str, storage: str) -> int:
-    from adamlab.lab.files import LabError, check_out
+    from adamlab.errors import LabError
+    from adamlab.lab.files import check_out
     from adamlab.lab.report import build_report
     from adamlab.lab.storages import mask, open_storage, scrub
     from adamlab.lab.store import Store
@@ -122,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return speed_main(argv[1:])
     args = _parser().parse_args(argv)
-    from adamlab.lab.files import LabError
-    from adamlab.lab.tasks import DataError
+    from adamlab.errors import DataError, LabError
 
     try:
         if args.command == "tasks":

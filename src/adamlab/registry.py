@@ -1,125 +1,140 @@
-"""Every optimizer adamlab ships, by name: class, defaults, paper and tuning search space.
+"""Every optimizer adamlab ships, by name: class, defaults, paper, param-group policy and reference baselines.
 
 ``create_optimizer(name, model_or_params, **overrides)`` builds one; ``list_optimizers()`` lists the names;
-``get_optimizer_info(name)`` returns the :class:`OptimInfo` row (timm's ``OptimInfo`` is the model). The search
-space lives here, beside the optimizer, so that the lab gives every optimizer the same tuning budget over all of
-its hyperparameters (learning rate on a log scale, 1 − β on log scales, a wide ε range, its own knobs).
+``get_optimizer_info(name)`` returns the :class:`OptimInfo` row (timm's ``OptimInfo`` is the model). A row is the
+catalogue's data about an optimizer, so that no code elsewhere branches on its name: how ``create_optimizer``
+groups a model's parameters (:attr:`OptimInfo.param_groups`), how ``adamlab speed`` groups its flat parameter sets
+(:attr:`OptimInfo.bench_groups`), and which ``torch.optim`` and ``pytorch_optimizer`` classes implement the same
+algorithm (:attr:`OptimInfo.torch_equivalent`, :attr:`OptimInfo.pytorch_optimizer`). The lab's tuning search
+spaces live with the lab (:mod:`adamlab.lab.spaces`), keyed by these names.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
-    "OptimInfo", "LogFloat", "OneMinusLog", "Float", "IntRange", "Choice",
+    "OptimInfo", "Baseline", "decay_groups", "coupled_groups", "couple_first",
     "list_optimizers", "get_optimizer_info", "create_optimizer",
 ]
 
 
-# ---------------------------------------------------------------------- search-space specs
+# ---------------------------------------------------------------------- param-group policies
+def decay_groups(info: OptimInfo, model: nn.Module, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The default policy: when the optimizer decays at all, no weight decay on biases and normalisation weights
+    (:func:`adamlab.groups.param_groups_weight_decay`); else the model's parameters as they are.
+
+    Returns the params for the optimizer class and the keyword arguments left for its constructor."""
+    wd = _effective(info, kwargs, "weight_decay", 0.0)
+    if not wd:
+        return model.parameters(), kwargs
+    from .groups import param_groups_weight_decay
+
+    return param_groups_weight_decay(model, wd), {k: v for k, v in kwargs.items() if k != "weight_decay"}
+
+
+def coupled_groups(info: OptimInfo, model: nn.Module, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Coupled Adam's policy: the embedding matrices (a tied LM head counted once) coupled and without weight
+    decay, every other parameter decayed (:func:`adamlab.groups.coupled_param_groups`), as its paper trains them."""
+    from .groups import coupled_param_groups
+
+    wd = _effective(info, kwargs, "weight_decay")
+    return coupled_param_groups(model, weight_decay=wd), {k: v for k, v in kwargs.items() if k != "weight_decay"}
+
+
+def couple_first(params: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """``adamlab speed``'s groups for Coupled Adam over a flat list of a transformer's tensors whose first is the
+    token embedding: that one coupled (without decay), the rest not, as :func:`coupled_groups` groups a model."""
+    return [{"params": params[:1], "coupled": True, "weight_decay": 0.0},
+            {"params": params[1:], "coupled": False}]
+
+
+# ---------------------------------------------------------------------- rows
 @dataclass(frozen=True)
-class LogFloat:
-    """A float sampled log-uniformly in [low, high]."""
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
-class OneMinusLog:
-    """A β: the value is ``1 - x`` with ``x`` log-uniform in [low, high]."""
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
-class Float:
-    """A float sampled uniformly in [low, high]."""
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
-class IntRange:
-    """An integer in [low, high] (log-uniform when ``log``)."""
-    low: int
-    high: int
-    log: bool = False
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One of a few values."""
-    values: tuple
-
-
-Spec = Union[LogFloat, OneMinusLog, Float, IntRange, Choice]  # noqa: UP007 (a runtime alias, Python 3.10 too)
+class Baseline:
+    """Another library's implementation of the same algorithm: a class by name (in ``torch.optim`` or
+    ``pytorch_optimizer``) and the keyword arguments that give it the registry row's default hyperparameters."""
+    class_name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class OptimInfo:
-    """One registry row."""
+    """One registry row.
+
+    Attributes:
+        name: the registry name.
+        class_name: the optimizer class, in :mod:`adamlab.optim`.
+        description: one line.
+        paper: where the algorithm comes from.
+        defaults: constructor arguments over the class's own defaults.
+        num_betas: how many ``betaN=`` keywords fold into ``betas``.
+        param_groups: how :func:`create_optimizer` groups an ``nn.Module``'s parameters:
+            ``policy(info, model, kwargs) -> (params, kwargs)`` (:func:`decay_groups`, :func:`coupled_groups`).
+        bench_groups: how ``adamlab speed`` groups a flat list of a transformer's tensors (the token embedding
+            first), or None for the list as it is.
+        torch_equivalent: the ``torch.optim`` class that implements the same algorithm, if torch has one.
+        pytorch_optimizer: the ``pytorch_optimizer`` class that implements it, if that package has one.
+    """
     name: str
     class_name: str
     description: str
     paper: str
     defaults: dict[str, Any] = field(default_factory=dict)
     num_betas: int = 0
-    search_space: dict[str, Spec] = field(default_factory=dict)
+    param_groups: Callable[[OptimInfo, nn.Module, dict[str, Any]], tuple[Any, dict[str, Any]]] = decay_groups
+    bench_groups: Callable[[list[torch.Tensor]], Any] | None = None
+    torch_equivalent: Baseline | None = None
+    pytorch_optimizer: Baseline | None = None
 
     @property
     def cls(self) -> type:
         return getattr(importlib.import_module("adamlab.optim"), self.class_name)
 
 
-_LR = LogFloat(1e-5, 1.0)
-_B1 = OneMinusLog(1e-3, 0.5)
-_B2 = OneMinusLog(1e-4, 0.1)
-_EPS = LogFloat(1e-10, 1e-2)
-_WD = LogFloat(1e-5, 1e-1)
-_ADAM_SPACE = dict(lr=LogFloat(1e-5, 1e-1), beta1=_B1, beta2=_B2, eps=_EPS)
-
 _ROWS = [
     OptimInfo("sgd", "SGD", "Plain stochastic gradient descent", "Robbins & Monro 1951",
-              {}, 0, dict(lr=_LR)),
-    OptimInfo("momentum", "SGD", "SGD with heavy-ball momentum 0.9", "Polyak 1964",
-              dict(momentum=0.9), 0, dict(lr=_LR, momentum=OneMinusLog(1e-3, 0.5))),
+              torch_equivalent=Baseline("SGD", dict(lr=1e-3))),
+    OptimInfo("momentum", "SGD", "SGD with heavy-ball momentum 0.9", "Polyak 1964", dict(momentum=0.9),
+              torch_equivalent=Baseline("SGD", dict(lr=1e-3, momentum=0.9))),
     OptimInfo("nesterov", "SGD", "SGD with Nesterov momentum 0.9", "Nesterov 1983; Sutskever et al. 2013",
-              dict(momentum=0.9, nesterov=True), 0, dict(lr=_LR, momentum=OneMinusLog(1e-3, 0.5))),
+              dict(momentum=0.9, nesterov=True),
+              torch_equivalent=Baseline("SGD", dict(lr=1e-3, momentum=0.9, nesterov=True))),
     OptimInfo("adagrad", "Adagrad", "Adagrad: per-coordinate step sizes from summed squared gradients",
-              "Duchi, Hazan & Singer 2011", {}, 0, dict(lr=_LR, eps=_EPS)),
+              "Duchi, Hazan & Singer 2011", torch_equivalent=Baseline("Adagrad", dict(lr=1e-2))),
     OptimInfo("rmsprop", "RMSprop", "RMSprop: EMA of squared gradients", "Hinton, Coursera lecture 6e, 2012",
-              {}, 0, dict(lr=LogFloat(1e-5, 1e-1), alpha=OneMinusLog(1e-4, 0.1), eps=_EPS)),
-    OptimInfo("adam", "Adam", "Adam", "Kingma & Ba 2015, arXiv:1412.6980", {}, 2, dict(_ADAM_SPACE)),
+              torch_equivalent=Baseline("RMSprop", dict(lr=1e-2))),
+    OptimInfo("adam", "Adam", "Adam", "Kingma & Ba 2015, arXiv:1412.6980", {}, 2,
+              torch_equivalent=Baseline("Adam", dict(lr=1e-3))),
     OptimInfo("adamw", "AdamW", "Adam with decoupled weight decay", "Loshchilov & Hutter 2019, arXiv:1711.05101",
-              {}, 2, dict(_ADAM_SPACE, weight_decay=_WD)),
+              {}, 2, torch_equivalent=Baseline("AdamW", dict(lr=1e-3, weight_decay=1e-2))),
     OptimInfo("amsgrad", "Adam", "AMSGrad: Adam with the running maximum of v", "Reddi, Kale & Kumar 2018",
-              dict(amsgrad=True), 2, dict(_ADAM_SPACE)),
+              dict(amsgrad=True), 2, torch_equivalent=Baseline("Adam", dict(lr=1e-3, amsgrad=True))),
     OptimInfo("exadam", "EXAdam", "EXAdam: cross-moment debiasing and gradient acceleration",
-              "Adly 2024, arXiv:2412.20302", {}, 2, dict(_ADAM_SPACE)),
+              "Adly 2024, arXiv:2412.20302", {}, 2,
+              pytorch_optimizer=Baseline("EXAdam", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0))),
     OptimInfo("adamx", "AdamX", "AdamX: second-moment decay that degrades Adam to momentum SGD",
-              "Zhu, Xiao & Min 2025, arXiv:2511.13465", {}, 2,
-              dict(_ADAM_SPACE, beta2=OneMinusLog(1e-3, 0.1), weight_decay=_WD)),
+              "Zhu, Xiao & Min 2025, arXiv:2511.13465", {}, 2),
     OptimInfo("ademamix", "AdEMAMix", "AdEMAMix: a mixture of a fast and a very slow gradient EMA",
               "Pagliardini, Ablin & Grangier 2024, arXiv:2409.03137", {}, 3,
-              dict(_ADAM_SPACE, beta3=OneMinusLog(1e-4, 1e-1), alpha=LogFloat(0.5, 16.0))),
+              pytorch_optimizer=Baseline("AdEMAMix", dict(lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=2.0, eps=1e-8,
+                                                          weight_decay=0.0))),
     OptimInfo("adamcm", "AdamCM", "Adam with critical momenta: a priority buffer of past momenta",
-              "Malviya et al. 2023, arXiv:2307.09638", {}, 2,
-              dict(_ADAM_SPACE, buffer_size=IntRange(2, 20), priority_decay=Float(0.5, 0.99))),
+              "Malviya et al. 2023, arXiv:2307.09638", {}, 2),
     OptimInfo("adamcg", "AdamCG", "Adam with critical gradients: a priority buffer of past gradients",
-              "McRae et al. 2022 (ICLR); Malviya et al. 2023", {}, 2,
-              dict(_ADAM_SPACE, buffer_size=IntRange(2, 20), priority_decay=Float(0.5, 0.99))),
+              "McRae et al. 2022 (ICLR); Malviya et al. 2023", {}, 2),
     OptimInfo("coupledadam", "CoupledAdam", "Coupled Adam: one shared second moment across the vocabulary",
-              "Stollenwerk & Stollenwerk 2025, arXiv:2502.08441", {}, 2, dict(_ADAM_SPACE, weight_decay=_WD)),
+              "Stollenwerk & Stollenwerk 2025, arXiv:2502.08441", {}, 2,
+              param_groups=coupled_groups, bench_groups=couple_first),
     OptimInfo("signum", "Signum", "Signum: the sign of a gradient EMA (momentum 0 is signSGD)",
-              "Bernstein et al. 2018, arXiv:1802.04434", {}, 0,
-              dict(lr=LogFloat(1e-6, 1e-1), momentum=OneMinusLog(1e-3, 0.5), weight_decay=_WD)),
+              "Bernstein et al. 2018, arXiv:1802.04434"),
 ]
 _REGISTRY = {row.name: row for row in _ROWS}
 
@@ -141,8 +156,8 @@ def get_optimizer_info(name: str) -> OptimInfo:
     Example::
 
         >>> info = get_optimizer_info("ademamix")
-        >>> info.cls.__name__, info.num_betas, sorted(info.search_space)
-        ('AdEMAMix', 3, ['alpha', 'beta1', 'beta2', 'beta3', 'eps', 'lr'])
+        >>> info.cls.__name__, info.num_betas, info.pytorch_optimizer.class_name
+        ('AdEMAMix', 3, 'AdEMAMix')
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in _REGISTRY:
@@ -184,8 +199,9 @@ def create_optimizer(name: str, model_or_params: nn.Module | Iterable, **overrid
     """Build optimizer ``name`` over a model or over params (tensors, group dicts or ``(name, tensor)`` pairs).
 
     ``overrides`` are constructor arguments, plus ``beta1``/``beta2``/``beta3`` folded into ``betas``. Given an
-    ``nn.Module``, weight decay is kept off biases and normalisation weights, and ``coupledadam`` couples the
-    embedding matrices (a tied LM head counted once) without weight decay, as its paper trains them.
+    ``nn.Module``, the row's param-group policy (:attr:`OptimInfo.param_groups`) groups its parameters: weight
+    decay is kept off biases and normalisation weights, and ``coupledadam`` couples the embedding matrices (a tied
+    LM head counted once) without weight decay, as its paper trains them.
 
     Args:
         name: a registry name (:func:`list_optimizers`), case-insensitive.
@@ -207,15 +223,5 @@ def create_optimizer(name: str, model_or_params: nn.Module | Iterable, **overrid
     _fold_betas(info, kwargs)
     params = model_or_params
     if isinstance(model_or_params, nn.Module):
-        from . import groups
-
-        if info.name == "coupledadam":
-            wd = _effective(info, kwargs, "weight_decay")
-            kwargs.pop("weight_decay", None)
-            params = groups.coupled_param_groups(model_or_params, weight_decay=wd)
-        elif _effective(info, kwargs, "weight_decay", 0.0):
-            params = groups.param_groups_weight_decay(model_or_params, _effective(info, kwargs, "weight_decay"))
-            kwargs.pop("weight_decay", None)
-        else:
-            params = model_or_params.parameters()
+        params, kwargs = info.param_groups(info, model_or_params, kwargs)
     return info.cls(params, **kwargs)

@@ -75,31 +75,35 @@ def adamlab_names() -> list[str]:
 
 
 def make_adamlab(name: str, params: list[torch.Tensor], path: str, **kw):
-    from .registry import create_optimizer
+    """Optimizer ``name`` on one path over a parameter set, grouped as its registry row says
+    (:attr:`~adamlab.registry.OptimInfo.bench_groups`: Coupled Adam couples the token embedding only, as the
+    param-group helper does for a real model)."""
+    from .registry import create_optimizer, get_optimizer_info
 
-    groups: Any = params
-    if name == "coupledadam":  # couple the token embedding only, as the param-group helper does for a real model
-        groups = [{"params": params[:1], "coupled": True, "weight_decay": 0.0},
-                  {"params": params[1:], "coupled": False}]
+    bench_groups = get_optimizer_info(name).bench_groups
+    groups: Any = bench_groups(params) if bench_groups is not None else params
     return create_optimizer(name, groups, **_PATH_FLAGS[path], **kw)
 
 
+def _baseline_class(module: Any, name: str, which: str) -> tuple[type, dict] | None:
+    from .registry import get_optimizer_info
+
+    try:
+        base = getattr(get_optimizer_info(name), which)
+    except ValueError:  # not a registry name: no baseline
+        return None
+    if base is None:
+        return None
+    return getattr(module, base.class_name), dict(base.kwargs)
+
+
 def torch_baselines(name: str) -> dict[str, Callable]:
-    """``torch.optim`` implementations of the same algorithm (foreach and fused), where torch has it."""
-    O = torch.optim  # noqa: E741 (short, as the table below reads)
-    table: dict[str, tuple[type, dict]] = {
-        "sgd": (O.SGD, dict(lr=1e-3)),
-        "momentum": (O.SGD, dict(lr=1e-3, momentum=0.9)),
-        "nesterov": (O.SGD, dict(lr=1e-3, momentum=0.9, nesterov=True)),
-        "adagrad": (O.Adagrad, dict(lr=1e-2)),
-        "rmsprop": (O.RMSprop, dict(lr=1e-2)),
-        "adam": (O.Adam, dict(lr=1e-3)),
-        "adamw": (O.AdamW, dict(lr=1e-3, weight_decay=1e-2)),
-        "amsgrad": (O.Adam, dict(lr=1e-3, amsgrad=True)),
-    }
-    if name not in table:
+    """``torch.optim`` implementations of the same algorithm (foreach and fused), where torch has it (the registry
+    row's :attr:`~adamlab.registry.OptimInfo.torch_equivalent`)."""
+    found = _baseline_class(torch.optim, name, "torch_equivalent")
+    if found is None:
         return {}
-    cls, kw = table[name]
+    cls, kw = found
     out = {"torch-foreach": lambda ps: cls(ps, foreach=True, **kw)}
     if "fused" in cls.__init__.__code__.co_varnames:
         out["torch-fused"] = lambda ps: cls(ps, fused=True, **kw)
@@ -107,28 +111,28 @@ def torch_baselines(name: str) -> dict[str, Callable]:
 
 
 def po_baselines(name: str) -> dict[str, Callable]:
-    """``pytorch_optimizer``'s versions (optional), with adamlab's default hyperparameters."""
+    """``pytorch_optimizer``'s versions (optional), with adamlab's default hyperparameters (the registry row's
+    :attr:`~adamlab.registry.OptimInfo.pytorch_optimizer`)."""
     try:
         import pytorch_optimizer as po
     except ImportError:
         return {}
-    if name == "exadam":
-        kw = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-        cls = po.EXAdam
-    elif name == "ademamix":
-        kw = dict(lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=2.0, eps=1e-8, weight_decay=0.0)
-        cls = po.AdEMAMix
-    else:
+    found = _baseline_class(po, name, "pytorch_optimizer")
+    if found is None:
         return {}
+    cls, kw = found
     return {"po": lambda ps: cls(ps, foreach=False, **kw), "po-foreach": lambda ps: cls(ps, foreach=True, **kw)}
 
 
 # ---------------------------------------------------------------------- bytes moved
-def traffic(opt, name: str) -> tuple[int, int, int]:
+def traffic(opt, name: str | None = None) -> tuple[int, int, int]:
     """(bytes read, bytes written, parameter elements) of one step: the algorithm's minimum for adamlab's state
     layout. Every tensor shaped like the parameter is read and written once; a ``[C, *shape]`` buffer is read
-    whole (the buffer mean) and one slot is written; a gradient norm (AdamCM/AdamCG priorities) reads the gradient
-    once more, and CoupledAdam's mean over the vocabulary makes its coupled tensors read the momentum twice."""
+    whole (the buffer mean) and one slot is written; what an optimizer reads beyond that (a gradient norm of
+    AdamCM/AdamCG priorities reads the gradient once more; CoupledAdam's mean over the vocabulary makes its coupled
+    tensors read the momentum twice) its class declares (``_extra_reads``). ``name`` is not needed (kept for old
+    callers)."""
+    extra = getattr(opt, "_extra_reads", None)  # a torch.optim or pytorch_optimizer baseline declares none
     r = w = n = 0
     for group in opt.param_groups:
         for p in group["params"]:
@@ -149,10 +153,8 @@ def traffic(opt, name: str) -> tuple[int, int, int]:
                 elif t.dim() == p.dim() + 1 and t.shape[1:] == p.shape:
                     r += t.nbytes
                     w += t.nbytes // t.shape[0]
-            if name in ("adamcm", "adamcg") and group.get("kappa", 0) > 0:
-                r += gb
-            if name == "coupledadam" and group.get("coupled") and "exp_avg" in st:
-                r += st["exp_avg"].nbytes
+            if extra is not None:
+                r += extra(group, p, st)
     return r, w, n
 
 
@@ -269,7 +271,7 @@ def bench_optimizer(name: str, set_name: str, shapes, paths, device, repeats: in
     if not opts:
         return list(rows.values())
     ref = opts[paths[-1]] if paths and paths[-1] in opts else next(iter(opts.values()))
-    r, w, n = traffic(ref, name)
+    r, w, n = traffic(ref)
     k_r, k_w = max(1, round(r / (4 * n))), max(1, round(w / (4 * n)))
     ceil = Ceiling(k_r, k_w, n, device, compiler)
     for _ in range(2):
@@ -435,7 +437,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         torch.empty(1, device=args.device)
     except Exception as e:  # noqa: BLE001 - unknown device, or one this torch or machine does not have
         ap.error(f"--device {args.device}: {(str(e).strip() or type(e).__name__).splitlines()[0][:200]}")
-    from .lab.files import LabError, check_out
+    from .errors import LabError
+    from .lab.files import check_out
 
     try:
         check_out(args.out)

@@ -11,10 +11,10 @@ import torch
 
 import adamlab
 from adamlab.lab import comparators, space, timing
+from adamlab.lab.spaces import OneMinusLog
 from adamlab.lab.tasks import build_task
 from adamlab.lab.tasks.base import train_model
 from adamlab.lab.tasks.digits import DigitsCNN, DigitsMLP, DigitsMLPTask
-from adamlab.registry import OneMinusLog
 
 NAMES = comparators.names()
 

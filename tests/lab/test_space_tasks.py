@@ -6,18 +6,18 @@ import torch
 
 from adamlab import list_optimizers
 from adamlab.lab import space
+from adamlab.lab.spaces import SEARCH_SPACES, OneMinusLog
 from adamlab.lab.tasks import TASK_NAMES, build_task
 from adamlab.lab.tasks.charlm import DataError, read_text
 from adamlab.lab.tasks.landscapes import LANDSCAPES, LandscapeTask
 from adamlab.lab.tasks.quadratic import QuadraticDeep, deep_spectrum_hessian
-from adamlab.registry import OneMinusLog, get_optimizer_info
 
 
 @pytest.mark.parametrize("name", list_optimizers())
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_search_space_suggestions_are_in_range(name):
     study = optuna.create_study(sampler=optuna.samplers.QMCSampler(seed=0, warn_independent_sampling=False))
-    sp = get_optimizer_info(name).search_space
+    sp = SEARCH_SPACES[name]
     for _ in range(4):
         trial = study.ask()
         params = space.suggest(trial, name)

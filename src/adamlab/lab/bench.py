@@ -8,8 +8,9 @@ import time
 import warnings
 from dataclasses import asdict
 
+from ..errors import DataError, LabError
 from . import space
-from .files import LabError, check_db, check_out
+from .files import check_db, check_out
 from .protocol import (
     BenchConfig,
     Runner,
@@ -28,7 +29,6 @@ from .protocols import PROTOCOLS
 from .storages import mask
 from .store import Store
 from .suites import SUITES, all_task_names
-from .tasks import DataError
 
 
 def resolve(cfg: BenchConfig, explicit_tasks: bool) -> tuple[BenchConfig, dict[str, str], dict[str, str]]:

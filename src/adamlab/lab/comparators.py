@@ -1,8 +1,9 @@
 """The papers' comparators that are not registry rows: a table of :class:`Comparator` rows, nothing else.
 
 Each row names where its optimizer comes from, builds it over a model (or a parameter list), gives its tuning
-search space (in the registry's spec types, so :mod:`adamlab.lab.space` searches it as any registry row) and its
-recommended setting (trial 0), and declares the capabilities the training loop reads:
+search space (in the spec types and shared ranges of :mod:`adamlab.lab.spaces`, which holds the registry rows'
+spaces, so :mod:`adamlab.lab.space` searches it as any registry row) and its recommended setting (trial 0), and
+declares the capabilities the training loop reads:
 
 * ``needs_closure``: the optimizer steps only through ``step(closure)`` (SAM evaluates the loss twice);
 * ``train_eval``: the optimizer has ``train()``/``eval()`` modes (schedule-free: the parameters hold the
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from adamlab.registry import Float, LogFloat, OneMinusLog, Spec
+from .spaces import ADAM_SPACE, BETA1, BETA2, LR, WEIGHT_DECAY, Float, LogFloat, OneMinusLog, Spec
 
 __all__ = ["Capabilities", "Comparator", "COMPARATORS", "PAPER_COMPARATORS", "names", "get", "is_comparator",
            "available", "build", "capabilities", "CombinedOptimizer", "muon_split"]
@@ -219,33 +220,30 @@ def _make_muon(model_or_params: Any, params: dict[str, Any]) -> Optimizer:
 
 
 # ---------------------------------------------------------------------- the table
-_WD = LogFloat(1e-5, 1e-1)
-
 COMPARATORS: list[Comparator] = [
     Comparator(
         "sam", "SAM around Adam: the gradient at θ + ρ·g/‖g‖, Adam's step from θ",
         "Foret et al. 2021, arXiv:2010.01412", "adamlab.SAM(base_optimizer_cls=adamlab.Adam)", _make_sam,
-        dict(lr=LogFloat(1e-5, 1e-1), beta1=OneMinusLog(1e-3, 0.5), beta2=OneMinusLog(1e-4, 0.1),
-             eps=LogFloat(1e-10, 1e-2), rho=LogFloat(1e-3, 0.5)),
+        dict(ADAM_SPACE, rho=LogFloat(1e-3, 0.5)),
         dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, rho=0.05),
         Capabilities(needs_closure=True), optimizer="SAM"),
     Comparator(
         "adafactor", "Adafactor: factored second moments, relative step sizes",
         "Shazeer & Stern 2018, arXiv:1804.04235", "torch.optim.Adafactor", _make_adafactor,
-        dict(lr=LogFloat(1e-5, 1.0), beta2_decay=Float(-1.0, -0.5), weight_decay=_WD),
+        dict(lr=LR, beta2_decay=Float(-1.0, -0.5), weight_decay=WEIGHT_DECAY),
         dict(lr=1e-2, beta2_decay=-0.8, weight_decay=0.0), requires=("torch.optim:Adafactor",),
         optimizer="Adafactor"),
     Comparator(
         "muon", "Muon on the 2-D hidden matrices, AdamW on embeddings, head, biases and norms",
         "Jordan et al. 2024 (kellerjordan.github.io/posts/muon)", "torch.optim.Muon + torch.optim.AdamW", _make_muon,
         dict(lr=LogFloat(1e-4, 1.0), momentum=OneMinusLog(1e-3, 0.5), adamw_lr=LogFloat(1e-5, 1e-1),
-             weight_decay=_WD),
+             weight_decay=WEIGHT_DECAY),
         dict(lr=0.02, momentum=0.95, adamw_lr=3e-4, weight_decay=0.0), requires=("torch.optim:Muon",),
         optimizer="Muon+AdamW"),
     Comparator(
         "schedulefree", "Schedule-Free AdamW: no LR schedule, an interpolated average as the evaluation point",
         "Defazio et al. 2024, arXiv:2405.15682", "schedulefree.AdamWScheduleFree", _make_schedulefree,
-        dict(lr=LogFloat(1e-5, 1e-1), beta1=OneMinusLog(1e-3, 0.5), beta2=OneMinusLog(1e-4, 0.1), weight_decay=_WD),
+        dict(lr=ADAM_SPACE["lr"], beta1=BETA1, beta2=BETA2, weight_decay=WEIGHT_DECAY),
         dict(lr=0.0025, beta1=0.9, beta2=0.999, weight_decay=0.0),
         Capabilities(train_eval=True), requires=("schedulefree",), optimizer="AdamWScheduleFree"),
 ]

@@ -7,9 +7,9 @@ import sqlite3
 import tempfile
 import urllib.parse
 
+from ..errors import LabError
 
-class LabError(Exception):
-    """A user error: the CLI prints the message on one line and exits with status 2."""
+__all__ = ["LabError", "writable", "check_out", "check_db"]
 
 
 def writable(folder: str) -> bool:

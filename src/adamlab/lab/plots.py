@@ -28,6 +28,15 @@ def _log_y(ax) -> bool:
     return True
 
 
+#: the optimizers a figure draws out, by role: the claim it illustrates is about the "subject", compared with the
+#: "baseline"s (every other optimizer is drawn thin, or grey)
+HIGHLIGHT: dict[str, dict[str, str]] = {
+    "forgetting": {"ademamix": "subject", "adamw": "baseline"},
+    "embeddings": {"coupledadam": "subject", "adam": "baseline", "adamw": "baseline"},
+}
+_ROLE_COLOR = {"subject": "tab:red", "baseline": "tab:blue"}
+
+
 def colors(names: list[str]) -> dict[str, dict]:
     """Line style per optimizer: ten distinct colours, then the same colours dashed."""
     cmap = plt.get_cmap("tab10")
@@ -184,7 +193,7 @@ def forgetting(tasks: dict[str, TaskResult]) -> bytes | None:
         if gaps:
             n = min(len(g[1]) for g in gaps)
             ax.plot(gaps[0][0][:n], np.mean([g[1][:n] for g in gaps], 0),
-                    lw=2.5 if o.name in ("ademamix", "adamw") else 0.8, **col[o.name])
+                    lw=2.5 if o.name in HIGHLIGHT["forgetting"] else 0.8, **col[o.name])
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("step")
     ax.set_ylabel("loss(unseen) − loss(early batch)")
@@ -203,8 +212,8 @@ def embeddings(tasks: dict[str, TaskResult]) -> bytes | None:
         s = [t.opts[n].summary_of(key) for n in names]
         m = [x.mean if x else np.nan for x in s]
         e = [x.half_width if x and math.isfinite(x.half_width) else 0 for x in s]
-        ax.bar(names, m, yerr=e, color=["tab:red" if n == "coupledadam" else "tab:blue" if n in ("adam", "adamw")
-                                         else "0.6" for n in names])
+        roles = HIGHLIGHT["embeddings"]
+        ax.bar(names, m, yerr=e, color=[_ROLE_COLOR.get(roles.get(n, ""), "0.6") for n in names])
         ax.tick_params(axis="x", rotation=60, labelsize=8)
         ax.set_title(f"word LM embeddings: {key} (95 % CI)", fontsize=10)
     return _png(fig)

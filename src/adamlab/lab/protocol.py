@@ -33,11 +33,12 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from ..errors import DataError
 from . import _optuna, protocols, space
 from .storages import HEARTBEAT, OWNER_ATTR, open_storage, owner
 from .store import Store
 from .suites import suite as get_suite
-from .tasks import DataError, Task, build_task
+from .tasks import Task, build_task
 
 TUNE_SEED = 0
 FINAL_SEED0 = 1000

@@ -1,7 +1,8 @@
 """The bridge to the optimizer side: search spaces -> Optuna suggestions -> an optimizer.
 
-Only this module talks to adamlab.registry and to the comparators' table (:mod:`adamlab.lab.comparators`), so
-the contract lives in one place: a name is a registry row or a comparator row, and every function here takes both.
+Only this module talks to adamlab.registry, to the lab's table of registry search spaces
+(:mod:`adamlab.lab.spaces`) and to the comparators' table (:mod:`adamlab.lab.comparators`), so the contract lives
+in one place: a name is a registry row or a comparator row, and every function here takes both.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 import optuna
 
 from adamlab import create_optimizer, list_optimizers
-from adamlab.registry import Choice, Float, IntRange, LogFloat, OneMinusLog, get_optimizer_info
+from adamlab.registry import get_optimizer_info
 
 from . import comparators
+from .spaces import SEARCH_SPACES, Choice, Float, IntRange, LogFloat, OneMinusLog
 
 __all__ = ["all_optimizers", "search_space", "suggest", "default_params", "build_optimizer",
            "optuna_key", "describe_space"]
@@ -28,7 +30,7 @@ def all_optimizers() -> list[str]:
 def search_space(name: str) -> dict[str, Any]:
     if comparators.is_comparator(name):
         return dict(comparators.get(name).search_space)
-    return dict(get_optimizer_info(name).search_space)
+    return dict(SEARCH_SPACES[get_optimizer_info(name).name])
 
 
 def optuna_key(key: str, spec: Any) -> str:
@@ -50,7 +52,7 @@ def suggest(trial: optuna.Trial, name: str) -> dict[str, Any]:
             out[key] = trial.suggest_int(key, spec.low, spec.high, log=bool(getattr(spec, "log", False)))
         elif isinstance(spec, Choice):
             out[key] = trial.suggest_categorical(key, list(spec.values))
-        else:  # pragma: no cover - a new spec type on the registry side
+        else:  # pragma: no cover - a new spec type in adamlab.lab.spaces
             raise TypeError(f"unknown search-space spec {spec!r} for {name}.{key}")
     return out
 

@@ -34,8 +34,8 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from ..errors import LabError
 from ._optuna import BaseHeartbeat, trial_id
-from .files import LabError
 
 HEARTBEAT = 10  # seconds between heartbeats; a trial silent for GRACE_FACTOR times that is dead
 GRACE_FACTOR = 3

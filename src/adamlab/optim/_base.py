@@ -245,6 +245,12 @@ class AdamlabOptimizer(Optimizer):
         ``_flatten_ok``); a rule that reduces over a dimension of some groups' tensors says so per group."""
         return self._flatten_ok
 
+    def _extra_reads(self, group: dict, p: Tensor, state: dict[str, Any]) -> int:
+        """Bytes one step reads for ``p`` beyond the generic memory-traffic rule (``p`` and its gradient read, ``p``
+        written, every state tensor shaped like ``p`` read and written once, a ``[C, *p.shape]`` buffer read whole
+        and one slot written), for the bandwidth model of ``adamlab speed`` (default: none)."""
+        return 0
+
     # ------------------------------------------------------------------ torch.optim contract
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

@@ -111,6 +111,10 @@ class CoupledAdam(AdamlabOptimizer):
     def _flattens(self, c):
         return not c["coupled"]  # the mean over dim 0 needs the tensor's own shape
 
+    def _extra_reads(self, group, p, state):
+        # the mean over the vocabulary: a coupled tensor's step reads its moment once more
+        return state["exp_avg"].nbytes if group.get("coupled") and "exp_avg" in state else 0
+
     def _scalars(self, group, step):
         s = adam_bias_scalars(group, step)
         return CoupledAdamScalars(**s, coupled_scale=group["coupled_scale"])

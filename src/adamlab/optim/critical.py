@@ -104,6 +104,10 @@ class _CriticalBase(AdamlabOptimizer):
         if "buffer" in st:  # a state_dtype cast, load_state_dict or the user made a new tensor
             st["buffer"] = placed(st["buffer"])
 
+    def _extra_reads(self, group, p, state):
+        # the gradient norm that ranks the buffer's slots reads the gradient once more
+        return p.numel() * p.grad.element_size() if group.get("kappa", 0) > 0 and p.grad is not None else 0
+
     def _compiled_hook(self, runner):
         return SlotOffers(runner, runner.fst["buffer"][0].shape[0]) if SlotOffers.fits(runner) else None
 

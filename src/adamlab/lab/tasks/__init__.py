@@ -1,8 +1,9 @@
 """The lab's tasks. `build_tasks` makes them from a suite's configuration."""
 from __future__ import annotations
 
+from ...errors import DataError
 from .base import RunResult, Task
-from .charlm import CharLM, DataError
+from .charlm import CharLM
 from .cifar import Cifar10Task
 from .digits import DigitsCNNTask, DigitsMLPTask
 from .embeddings import WordLMTask

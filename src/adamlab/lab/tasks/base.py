@@ -13,13 +13,10 @@ from typing import Any
 
 import torch
 
+from ...errors import DataError
 from ..comparators import capabilities
 
 Curve = list  # list of (step, seconds of training so far, value)
-
-
-class DataError(ValueError):
-    """A data file is missing, unreadable or cannot make its task (the CLI turns this into a one-line error)."""
 
 
 @dataclass

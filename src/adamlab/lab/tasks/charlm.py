@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import DataError
 from ..metrics import isotropy, mean_embedding_ratio, sharpness
-from .base import DataError, RunResult, Task, train_model
+from .base import RunResult, Task, train_model
 
 __all__ = ["CharLM", "TextTask", "DataError", "read_text", "char_corpus"]
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import DataError, RunResult, Task
+from ...errors import DataError
+from .base import RunResult, Task
 from .common import train_classifier
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]

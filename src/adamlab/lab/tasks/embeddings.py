@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import DataError
 from ..metrics import isotropy, mean_embedding_ratio, sharpness
 from .base import RunResult, train_model
-from .charlm import DataError, TextTask, read_text
+from .charlm import TextTask, read_text
 
 __all__ = ["WordLMTask", "word_corpus", "DataError"]
 
