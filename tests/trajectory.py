@@ -35,37 +35,6 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / b.abs().clamp_min(1e-12)).max())
 
 
-def resume_matches(make_opt, k: int = 8, total: int = 20) -> bool:
-    """Save the optimizer at step ``k`` through torch.save/torch.load, load it into a fresh optimizer over fresh
-    parameters, continue to ``total``: True when that equals the uninterrupted run bit for bit (state included)."""
-    import io
-
-    full, _ = run(make_opt, steps=total)
-    ps = make_params()
-    groups = lambda qs: [{"params": qs[:2]}, {"params": qs[2:], "lr": 0.03}]  # noqa: E731 (as in run)
-    opt = make_opt(groups(ps))
-    for t in range(k):
-        for p in ps:
-            p.grad = fake_grad(p, t)
-        opt.step()
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in ps]}, buf)
-    buf.seek(0)
-    ck = torch.load(buf, weights_only=True)
-    ps2 = [p.clone().requires_grad_() for p in ck["params"]]
-    opt2 = make_opt(groups(ps2))
-    opt2.load_state_dict(ck["opt"])
-    for p, q in zip(ps, ps2):
-        for key, v in opt.state[p].items():
-            if not (torch.equal(opt2.state[q][key], v) and opt2.state[q][key].dtype == v.dtype):
-                return False
-    for t in range(k, total):
-        for p in ps2:
-            p.grad = fake_grad(p, t)
-        opt2.step()
-    return torch.equal(torch.cat([p.detach().flatten() for p in ps2]), full)
-
-
 # ---------------------------------------------------------------------- the test database's problem
 #: five tensors of several ranks (a 2-D one last, for Coupled Adam's coupled groups)
 SHAPES = ((5, 3), (7,), (1,), (2, 2, 3), (9, 4))
