@@ -12,20 +12,17 @@ import torch
 import adamlab
 from adamlab.optim._base import compiler_available
 
+from internals import auto_compile_numel, chunk_runners, group_runner, record_compiled_runs
+from optim_db import DB, state_keys
+
 pytestmark = pytest.mark.skipif(not compiler_available(), reason="torch.compile is unavailable here")
 
 # sizes that cover a full chunk of 16 plus a partial one, several ranks, and a 1-element tensor (eager)
 SHAPES = [(7, 3), (5,), (2, 3, 4), (1,), (16, 8)] + [(3 + i,) for i in range(14)]
 OTHER = [(11, 2), (9,), (4, 4, 4)] + [(5 + i, 2) for i in range(20)]
 
-SETTINGS = {
-    "sgd": dict(lr=0.05), "momentum": dict(lr=0.05), "nesterov": dict(lr=0.05), "adagrad": dict(lr=0.1),
-    "rmsprop": dict(lr=0.01, centered=True, momentum=0.5), "adam": dict(lr=0.01), "adamw": dict(lr=0.01),
-    "amsgrad": dict(lr=0.01), "exadam": dict(lr=0.01, dynamic_step_size=True), "adamx": dict(lr=0.01),
-    "ademamix": dict(lr=0.01, alpha=8.0, alpha_warmup=6, beta3_warmup=6, weight_decay=0.1),
-    "adamcm": dict(lr=0.01, buffer_size=3), "adamcg": dict(lr=0.01, buffer_size=3),
-    "coupledadam": dict(lr=0.01), "signum": dict(lr=0.01, momentum=0.5, weight_decay=0.1),
-}
+#: each optimizer's float32 settings here: its row's compile_kwargs in tests/optim_db.py
+SETTINGS = {name: row.compile_kwargs for name, row in DB.items()}
 
 
 def _graphs() -> int:
@@ -53,10 +50,6 @@ def _steps(opt, ps, n, sched=None, seed=1):
         opt.step()
         if sched is not None:
             sched.step()
-
-
-def test_table_covers_every_optimizer():
-    assert sorted(SETTINGS) == sorted(adamlab.list_optimizers())
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
@@ -109,14 +102,11 @@ def test_compiled_step_after_load_state_dict_does_not_recompile():
 def test_default_path_skips_compiling_a_single_pass_rule(monkeypatch):
     """'auto' compiles big buckets, except when the rule is one multi-tensor operation (plain SGD), which the
     multi-tensor path already runs in one pass over memory."""
-    import adamlab.optim._base as base
-
     monkeypatch.delenv("ADAMLAB_IMPL", raising=False)
     calls = []
-    monkeypatch.setattr(base.AdamlabOptimizer, "_run_compiled",
-                        lambda self, *a, **k: calls.append(type(self).__name__ + str(self.defaults.get("momentum"))))
+    record_compiled_runs(monkeypatch, lambda opt, ps: calls.append(type(opt).__name__ + str(opt.defaults.get("momentum"))))
     for kw in (dict(momentum=0.0), dict(momentum=0.9)):
-        ps = [torch.zeros(base._AUTO_COMPILE_NUMEL, requires_grad=True)]
+        ps = [torch.zeros(auto_compile_numel(), requires_grad=True)]
         opt = adamlab.SGD(ps, lr=0.1, **kw)
         ps[0].grad = torch.ones_like(ps[0])
         opt.step()
@@ -139,16 +129,12 @@ def test_small_tensors_take_the_one_thread_graph_and_the_order_is_restored():
         out[opt.implementation] = ps
     for a, b in zip(out["loop"], out["compiled"]):
         assert torch.allclose(a, b, rtol=1e-12, atol=0)
-    runner = opt._plans[id(opt.param_groups[0])].parts[0].runner
+    runner = group_runner(opt)
     assert runner.order == [1, 3, 4, 0, 2]
     assert sorted({(chunk[-1], chunk[-2]) for chunk in runner.chunks}) == [(False, 16), (True, 16)]
 
 
-def _runners(opt):
-    return [part.runner for plan in opt._plans.values() for part in plan.parts if part.runner is not None]
-
-
-@pytest.mark.parametrize("name", [n for n in SETTINGS if n != "sgd"])  # plain SGD is one foreach op, not compiled
+@pytest.mark.parametrize("name", [n for n in SETTINGS if DB[n].compiles_a_graph])  # (plain SGD: one foreach op)
 def test_after_the_first_step_each_chunk_calls_its_graph_directly(name, monkeypatch):
     """Every chunk goes through dynamo once; later steps call the graph dynamo picked for it, without dynamo, and
     give bit for bit what the calls through dynamo give (an LR scheduler and AdEMAMix's warmups on; float32, so the
@@ -162,7 +148,7 @@ def test_after_the_first_step_each_chunk_calls_its_graph_directly(name, monkeypa
         opt = adamlab.create_optimizer(name, _groups(name, ps), compiled=True, **SETTINGS[name])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
         _steps(opt, ps, 2, sched)
-        runners = _runners(opt)
+        runners = chunk_runners(opt)
         assert runners
         if direct:
             assert all(g and callable(g[0]) for r in runners for g in r.graphs), f"{name}: a chunk was not bound"
@@ -194,7 +180,7 @@ def test_shaped_chunks_find_their_own_graph_among_several():
             opt.step()
         out[opt.implementation] = ps
         if path.get("compiled"):
-            (runner,) = _runners(opt)
+            (runner,) = chunk_runners(opt)
             assert runner.flatten is False and all(runner.graphs)
             assert len({id(g[0]) for g in runner.graphs}) == 2  # the 2-D and the 3-D graph
     for a, b in zip(out["loop"], out["compiled"]):
@@ -229,7 +215,7 @@ def test_a_training_step_under_torch_compile_keeps_the_compiled_path():
             ref_opt.step()
             ref_opt.zero_grad()
     assert opt.implementation == "compiled"
-    (runner,) = _runners(opt)  # the plan and its runner are kept across steps, the chunks call their graphs
+    (runner,) = chunk_runners(opt)  # the plan and its runner are kept across steps, the chunks call their graphs
     assert all(runner.graphs)
     for a, b in zip(model.parameters(), ref.parameters()):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
@@ -248,13 +234,13 @@ def test_changing_a_compile_time_setting_mid_run_finds_the_new_graph():
         opt.param_groups[0]["maximize"] = False
         _steps(opt, ps, 2, seed=3)
         out[opt.implementation] = ps
-    (runner,) = _runners(opt)
+    (runner,) = chunk_runners(opt)
     assert runner.key[1]["maximize"] is False and all(runner.graphs)
     for a, b in zip(out["loop"], out["compiled"]):
         assert torch.allclose(a, b, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("name", ["adamcm", "adamcg"])
+@pytest.mark.parametrize("name", [n for n in SETTINGS if "buffer" in state_keys(n, **SETTINGS[n])])
 def test_buffer_rows_in_any_order_take_one_graph(name, monkeypatch):
     """On a CPU, AdamCM/AdamCG's compiled step passes each buffer's rows to the graph with this step's target slot
     first, so the order changes with the slot. With every call going through dynamo (no direct calls), no step after

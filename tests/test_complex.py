@@ -9,6 +9,7 @@ import torch
 import adamlab
 
 from conftest import PATH_IDS, PATHS
+from optim_db import DB, torch_reference_names
 
 NAMES = adamlab.list_optimizers()
 
@@ -34,16 +35,13 @@ def test_a_complex_parameter_is_optimised_as_its_real_view(name, path):
     assert all(v.is_complex() for k, v in oz.state[z].items() if v.shape == z.shape)  # stored as torch stores it
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw", "amsgrad"])
+@pytest.mark.parametrize("name", torch_reference_names())
 def test_complex_parameters_match_torch(name):
-    info = adamlab.get_optimizer_info(name)
-    torch_cls = getattr(torch.optim, info.cls.__name__)
-    kw = dict(info.defaults, lr=0.01)
-    kw.pop("initial_accumulator_value", None) if name in ("rmsprop", "adam", "adamw", "amsgrad") else None
+    row = DB[name]
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(4, 2, dtype=torch.complex128, generator=gen).requires_grad_()
     w = z.detach().clone().requires_grad_()
-    ours, theirs = adamlab.create_optimizer(name, [z], lr=0.01), torch_cls([w], **kw)
+    ours, theirs = adamlab.create_optimizer(name, [z], lr=0.01), row.reference.make(row, [w], lr=0.01)
     for _ in range(4):
         g = torch.randn(4, 2, dtype=torch.complex128, generator=gen)
         z.grad, w.grad = g, g.clone()

@@ -1,7 +1,8 @@
-"""AdamCM and AdamCG: SPEC section 8 vectors, parity with the float64 port of the authors' code (slot by slot),
-the three paths, the Adam ⊆ AdamCM/AdamCG rows, the defining behaviour, state memory, validation, exact resume."""
+"""AdamCM and AdamCG: published test vectors, parity with the float64 port of the authors' code (slot by slot),
+the compiled path's offers, the Adam ⊆ AdamCM/AdamCG rows, the defining behaviour, state memory, buffer changes.
+(The three paths on the richest settings, maximize, bad arguments and exact resume with full buffers: the adamcm
+and adamcg rows of tests/optim_db.py.)"""
 
-import io
 import math
 
 import pytest
@@ -11,6 +12,8 @@ import adamlab
 
 from reference_cm import Adam_C, Adam_CM
 from trajectory import fake_grad, make_params, max_rel
+from trajectory import scale as _scale  # priorities cross: full buffers replace and discard
+from trajectory import skipped as _no_grad  # (1,) starts late, then skips: its first offer comes mid-run
 
 D = torch.float64
 G5 = [1.0, -2.0, 0.5, 3.0, -1.0]
@@ -28,7 +31,7 @@ def _spec_run(make, shape):
     return out
 
 
-# ---------------------------------------------------------------------- SPEC section 8
+# ---------------------------------------------------------------------- published test vectors
 @pytest.mark.parametrize("shape", [(), (3,)], ids=["scalar", "vector"])
 def test_spec_vectors(path, shape):
     # with one tensor of equal entries every priority scales by the same √n, so the vectors hold for any n
@@ -41,17 +44,6 @@ def test_spec_vectors(path, shape):
 
 
 # ---------------------------------------------------------------------- parity with the authors' code
-def _scale(t, i):
-    """Gradient scales that vary by step and tensor, so priorities cross and full buffers both replace and discard."""
-    return 1.0 + 2.0 * ((7 * t + 3 * i) % 5)
-
-
-def _no_grad(i, t):
-    """The (1,) tensor starts two steps late and then has no gradient on every third step: it is skipped, and its
-    first call (which only fills the buffer) comes when the others are already running, as in the reference."""
-    return i == 2 and (t < 2 or t % 3 == 1)
-
-
 def _trajectory(make, steps=36, none_grad=True, lr_change=True, record=None, shapes=SHAPES):
     ps = make_params(0, shapes=shapes)
     opt = make([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}])
@@ -135,6 +127,8 @@ def test_buffer_matches_reference_slot_by_slot(cls, ref, synced):
 
 
 # ---------------------------------------------------------------------- the three paths
+# the first two are the richest settings of the adamcm and adamcg rows of tests/optim_db.py, whose three paths
+# test_all_optimizers compares on this problem; the third compiles aggregation "mean", unsynced, as well
 PATH_CASES = [
     (adamlab.AdamCM, dict(buffer_size=3, synced=False, weight_decay=0.1, maximize=True)),
     (adamlab.AdamCG, dict(buffer_size=3, synced=True, weight_decay=0.1, aggregation="mid")),
@@ -142,7 +136,7 @@ PATH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("cls,kw", PATH_CASES, ids=["CM", "CG-mid", "CG-mean"])
+@pytest.mark.parametrize("cls,kw", PATH_CASES[2:], ids=["CG-mean"])
 def test_paths_agree(cls, kw):
     ref, _ = _trajectory(lambda g: cls(g, lr=0.05, foreach=False, **kw))
     fe, _ = _trajectory(lambda g: cls(g, lr=0.05, foreach=True, **kw))
@@ -253,19 +247,6 @@ def test_compiled_cpu_step_offers_in_its_graphs_and_through_the_op(cls, kw, monk
         assert _normwise(out, loop) < 1e-12, name
 
 
-def test_maximize_is_minimizing_the_negated_gradient():
-    def run(maximize, sign):
-        ps = make_params(0, shapes=SHAPES)
-        opt = adamlab.AdamCM(ps, lr=0.05, buffer_size=2, maximize=maximize, foreach=False)
-        for t in range(10):
-            for i, p in enumerate(ps):
-                p.grad = sign * fake_grad(p, t) * _scale(t, i)
-            opt.step()
-        return torch.cat([p.detach().flatten() for p in ps])
-
-    assert torch.equal(run(True, -1.0), run(False, 1.0))
-
-
 # ---------------------------------------------------------------------- Adam ⊆ AdamCM, Adam ⊆ AdamCG
 @pytest.mark.parametrize("wd", [0.0, 0.1])
 def test_adamcm_kappa0_is_adam(path, wd):
@@ -344,35 +325,7 @@ def test_bf16_params_keep_float32_priorities():
     assert torch.equal(outs[0], outs[1])
 
 
-# ---------------------------------------------------------------------- validation
-@pytest.mark.parametrize("cls", [adamlab.AdamCM, adamlab.AdamCG])
-@pytest.mark.parametrize("kw,exc,match", [
-    (dict(buffer_size=0), ValueError, r"buffer_size.*>= 1"),
-    (dict(buffer_size=2.5), TypeError, "buffer_size"),
-    (dict(buffer_size=True), TypeError, "buffer_size"),
-    (dict(priority_decay=-0.1), ValueError, r"priority_decay.*\[0\.0, 1\.0\]"),
-    (dict(priority_decay=1.5), ValueError, r"priority_decay.*\[0\.0, 1\.0\]"),
-    (dict(kappa=-1.0), ValueError, r"kappa.*\[0\.0, inf\]"),
-    (dict(synced="yes"), TypeError, "synced"),
-    (dict(betas=(1.0, 0.9)), ValueError, r"betas\[0\]"),
-    (dict(betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
-    (dict(lr=-1.0), ValueError, "lr"),
-    (dict(eps=-1.0), ValueError, "eps"),
-    (dict(weight_decay=-0.1), ValueError, "weight_decay"),
-    (dict(topC=3), TypeError, "topC"),
-])
-def test_invalid_arguments(cls, kw, exc, match):
-    with pytest.raises(exc, match=match):
-        cls([torch.zeros(2, requires_grad=True)], **kw)
-
-
-def test_invalid_aggregation():
-    with pytest.raises(ValueError, match=r"aggregation.*'sum', 'mean', 'mid'"):
-        adamlab.AdamCG([torch.zeros(2, requires_grad=True)], aggregation="max")
-    with pytest.raises(TypeError, match="aggregation"):
-        adamlab.AdamCM([torch.zeros(2, requires_grad=True)], aggregation="sum")
-
-
+# ---------------------------------------------------------------------- defaults, param groups, buffer changes
 def test_defaults():
     p = [torch.zeros(2, requires_grad=True)]
     cm, cg = adamlab.AdamCM(p).defaults, adamlab.AdamCG(p).defaults
@@ -381,40 +334,6 @@ def test_defaults():
                                                               buffer_size=5, priority_decay=0.7, kappa=1.0,
                                                               synced=True, maximize=False)
     assert cg["buffer_size"] == 10 and cg["aggregation"] == "sum"
-
-
-# ---------------------------------------------------------------------- exact resume
-@pytest.mark.parametrize("cls,kw", [(adamlab.AdamCM, dict(buffer_size=3, synced=False, weight_decay=0.05)),
-                                    (adamlab.AdamCG, dict(buffer_size=3, aggregation="mean"))], ids=["CM", "CG"])
-def test_exact_resume_through_torch_save(cls, kw):
-    def groups(ps):
-        return [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}]
-
-    def steps(ps, opt, ts):
-        for t in ts:
-            for i, p in enumerate(ps):
-                p.grad = fake_grad(p, t) * _scale(t, i)
-            opt.step()
-
-    ps = make_params(1, shapes=SHAPES)
-    opt = cls(groups(ps), lr=0.05, **kw)
-    steps(ps, opt, range(12))
-    assert all(int(opt.state[p]["count"]) == 3 for p in ps)  # saved mid-run with full buffers
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    buf.seek(0)
-    ps2 = [p.detach().clone().requires_grad_() for p in ps]
-    opt2 = cls(groups(ps2), lr=1.0, buffer_size=7)  # the loaded state and hyperparameters replace these
-    opt2.load_state_dict(torch.load(buf))
-    for p, q in zip(ps, ps2):
-        for k, v in opt.state[p].items():
-            assert torch.equal(v, opt2.state[q][k]) and v.dtype == opt2.state[q][k].dtype, k
-    steps(ps, opt, range(12, 24))
-    steps(ps2, opt2, range(12, 24))
-    for p, q in zip(ps, ps2):
-        assert torch.equal(p, q)
-        for k, v in opt.state[p].items():
-            assert torch.equal(v, opt2.state[q][k]), k
 
 
 def test_lr_scheduler_and_param_groups():

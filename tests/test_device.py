@@ -27,7 +27,7 @@ SHAPES = ((64, 33), (257,), (1,), (4, 8, 3), (40_000,))  # one big enough for th
 
 
 def _trajectory(name, device, dtype, steps=12, **impl):
-    ps = [p.detach().to(device).requires_grad_() for p in make_params(0, dtype=dtype, shapes=SHAPES)]
+    ps = [p.detach().to(device=device, dtype=dtype).requires_grad_() for p in make_params(0, shapes=SHAPES)]
     kw = SETTING.get(name, dict(lr=0.01))
     bench_groups = adamlab.get_optimizer_info(name).bench_groups  # Coupled Adam couples the first (a matrix)
     groups = bench_groups(ps) if bench_groups is not None else ps
@@ -58,16 +58,20 @@ def test_every_path_on_cuda_matches_the_cpu_loop(name, path, dtype):
 def test_bf16_parameters_on_cuda_follow_float32(name, path):
     ref, _ = _trajectory(name, "cuda", torch.float32, **PATHS[path])
     got, opt = _trajectory(name, "cuda", torch.bfloat16, **PATHS[path])
+    start = torch.cat([p.flatten() for p in make_params(0, shapes=SHAPES)])
     assert all(p.dtype == torch.bfloat16 for g in opt.param_groups for p in g["params"])
     assert torch.isfinite(got).all()
-    assert float((got - ref).abs().max()) <= 0.1  # bf16 keeps ~3 significant digits over 12 steps
+    # bf16 rounds the start by ~0.004 on average (values ~1); 12 steps stay within ~2.5x that of float32 (measured
+    # on the CPU: 0.003-0.007), and the bf16 run moves as far as the float32 one
+    assert float((got - ref).abs().mean()) <= 0.01
+    assert float((got - start).abs().mean()) >= 0.5 * float((ref - start).abs().mean())
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_compiled_on_cuda_does_not_recompile(name):
     from torch._dynamo.utils import counters  # noqa: PLC0415 - only where a GPU runs this
 
-    ps = [p.detach().cuda().requires_grad_() for p in make_params(0, dtype=torch.float32, shapes=SHAPES)]
+    ps = [p.detach().to("cuda", torch.float32).requires_grad_() for p in make_params(0, shapes=SHAPES)]
     opt = adamlab.create_optimizer(name, ps, **SETTING.get(name, dict(lr=0.01)), compiled=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
     before = None

@@ -10,12 +10,12 @@ import torch.distributed as dist
 import adamlab
 
 from dist_harness import launch
-from test_all_optimizers import CASES, IDS, SETTINGS
+from optim_db import CASES, DB, IDS
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is unavailable")
 
-NAMES = list(SETTINGS)
+NAMES = list(DB)
 PATHS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "compiled": {"compiled": True}, "default": {}}
 TOL = 1e-12  # float64, relative (per tensor: max |a - b| / max |b|), parameters and every state tensor
 
@@ -25,8 +25,8 @@ def _train_specs() -> list[dict]:
     for case, (name, kw) in zip(IDS, CASES):  # every setting of the test table on the two eager paths
         for path in ("loop", "foreach"):
             specs.append(dict(id=f"fsdp-{path}-{case}", name=name, kw=kw, path=PATHS[path], mode="fsdp"))
-    for name in NAMES:  # the compiled and default paths on each optimizer's last setting (the one test_compile
-        kw = SETTINGS[name][-1]  # and test_all_optimizers compile: the compile cache serves both)
+    for name in NAMES:  # the compiled and default paths on each optimizer's richest setting (the one
+        kw = DB[name].richest.kwargs  # test_all_optimizers compiles: the compile cache serves both)
         for path in ("compiled", "default"):
             specs.append(dict(id=f"fsdp-{path}-{name}", name=name, kw=kw, path=PATHS[path], mode="fsdp"))
             specs.append(dict(id=f"ddp-{path}-{name}", name=name, kw=kw, path=PATHS[path], mode="ddp"))
@@ -37,7 +37,7 @@ def _train_specs() -> list[dict]:
     specs.append(dict(id="fsdp-default-coupledadam-model-groups", name="coupledadam", kw=dict(lr=0.01), path={},
                       mode="fsdp", groups="model"))
     for name in ("adam", "adamcm"):  # (AdamCM synced: its sharded tensors compile)
-        specs.append(dict(id=f"fsdp-compiled-{name}-failing-compiler", name=name, kw=SETTINGS[name][0],
+        specs.append(dict(id=f"fsdp-compiled-{name}-failing-compiler", name=name, kw=DB[name].settings[0].kwargs,
                           path=PATHS["compiled"], mode="fsdp", fail_compile=True))
     # the everyday case that crashed: a bucket of 2**20 elements whose rows do not divide by 2, default settings
     specs.append(dict(id="fsdp-default-adamw-4097x256", name="adamw", kw={}, path={}, mode="fsdp", big=True))
@@ -45,15 +45,15 @@ def _train_specs() -> list[dict]:
 
 
 def _checkpoints(kind: str, world: int) -> list[dict]:
-    return [dict(id=f"{mode}-{kind}-from{world}-{name}", name=name, kw=SETTINGS[name][-1], path={}, mode=mode,
+    return [dict(id=f"{mode}-{kind}-from{world}-{name}", name=name, kw=DB[name].richest.kwargs, path={}, mode=mode,
                  kind=kind, ckpt=f"{mode}-{name}-w{world}") for name in NAMES for mode in ("fsdp", "ddp")]
 
 
 TRAIN = _train_specs()
-ROUNDTRIP = [dict(id=f"fsdp-roundtrip-{name}", name=name, kw=SETTINGS[name][-1], path={}, mode="fsdp",
+ROUNDTRIP = [dict(id=f"fsdp-roundtrip-{name}", name=name, kw=DB[name].richest.kwargs, path={}, mode="fsdp",
                   kind="roundtrip") for name in NAMES]
 PRIORITY = [dict(id="fsdp-priority", name="adamcm", kw={}, path={}, mode="fsdp", kind="priority")]
-PLAIN = [dict(id=f"fsdp-plain-state-{name}", name=name, kw=SETTINGS[name][-1], path={}, mode="fsdp", kind="plain")
+PLAIN = [dict(id=f"fsdp-plain-state-{name}", name=name, kw=DB[name].richest.kwargs, path={}, mode="fsdp", kind="plain")
          for name in ("adam", "adamcm", "coupledadam")]
 LOAD_ON_2 = _checkpoints("load", 1)
 LOAD_ON_1 = _checkpoints("load", 2)

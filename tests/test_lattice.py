@@ -1,4 +1,4 @@
-"""The notes' inclusion lattice (SPEC section 2) for the classic family: each exact row holds to round-off,
+"""The inclusion lattice for the classic family: each exact row holds to round-off,
 and the approximate Momentum ⊆ Adam row converges as ε grows."""
 
 import pytest
@@ -16,7 +16,7 @@ def test_sgd_is_momentum_with_zero_momentum(path):
 
 
 def test_sgd_is_nesterov_with_zero_momentum(path):
-    # torch rejects nesterov with momentum 0; the notes' row is the update rule itself: g + 0·b = g.
+    # torch rejects nesterov with momentum 0; the lattice's row is the update rule itself: g + 0·b = g.
     class _Nesterov0(adamlab.SGD):
         def _validate(self, group):
             pass

@@ -1,5 +1,5 @@
 """Property-based tests (hypothesis) of the invariants every optimizer keeps, on drawn shapes, gradients, step
-counts and settings (the settings table of ``test_all_optimizers``, so a new optimizer is covered by its row there):
+counts and settings (the settings of the test database ``optim_db``, so a new optimizer is covered by its row there):
 
 * finite gradients give finite parameters and state wherever Adam's are finite (gradients up to 1e30, float32
   and float64);
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import adamlab
 
-from test_all_optimizers import CASES
+from optim_db import CASES
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=300,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,5 @@
-"""SAM / ASAM: against a hand-written two-pass reference in float64, the closure contract, schedulers, state dicts."""
+"""SAM / ASAM: against a hand-written two-pass reference in float64, the closure contract, schedulers, state dicts.
+(Bad arguments: the sam row of WRAPPERS in tests/optim_db.py.)"""
 
 from __future__ import annotations
 
@@ -161,14 +162,3 @@ def test_zero_grad_and_a_torch_base():
     assert all(p.grad is not None for p in model.parameters())
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
-
-
-@pytest.mark.parametrize("kw,exc,match", [
-    (dict(rho=-0.1), ValueError, "rho"),
-    (dict(adaptive=1), TypeError, "adaptive"),
-    (dict(lr=-1.0), ValueError, "lr"),
-    (dict(base_optimizer_cls=int), TypeError, "base_optimizer_cls"),
-])
-def test_bad_arguments_name_themselves(kw, exc, match):
-    with pytest.raises(exc, match=match):
-        SAM(_model().parameters(), **kw)

@@ -1,4 +1,5 @@
-"""Signum: hand-derived vectors, a plain reference trajectory on every path, resume, maximize, bad arguments."""
+"""Signum: hand-derived vectors, a plain reference trajectory on every path, momentum switched on mid-run, its
+registry row. (Resume, maximize and bad arguments: the signum row of tests/optim_db.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from adamlab.optim._base import compiler_available
 from adamlab.registry import get_optimizer_info
 
 from conftest import PATH_IDS, PATHS
-from trajectory import fake_grad, make_params, max_rel, resume_matches
+from trajectory import fake_grad, make_params, max_rel
 
 EAGER, EAGER_IDS = PATHS[:2], PATH_IDS[:2]
 
@@ -111,27 +112,6 @@ def test_compiled_reference_trajectory():
         assert max_rel(p.detach().flatten(), w.flatten()) <= 1e-12
 
 
-@pytest.mark.parametrize("kw", SETTINGS)
-@pytest.mark.parametrize("path", EAGER, ids=EAGER_IDS)
-def test_state_dict_resume_is_exact(kw, path):
-    assert resume_matches(lambda groups: adamlab.Signum(groups, **kw, **path), k=5, total=12)
-
-
-@pytest.mark.parametrize("path", EAGER, ids=EAGER_IDS)
-def test_maximize_is_minimize_of_minus(path):
-    a, b = make_params(1), make_params(1)
-    oa = adamlab.Signum(a, lr=0.05, weight_decay=0.1, maximize=True, **path)
-    ob = adamlab.Signum(b, lr=0.05, weight_decay=0.1, **path)
-    for t in range(6):
-        for p, q in zip(a, b):
-            p.grad = fake_grad(p, t)
-            q.grad = -fake_grad(q, t)
-        oa.step()
-        ob.step()
-    for p, q in zip(a, b):
-        assert torch.equal(p, q)
-
-
 def test_momentum_switched_on_mid_run_makes_its_buffer():
     p = torch.ones(3, dtype=torch.float64, requires_grad=True)
     opt = adamlab.Signum([p], lr=0.1, momentum=0.0)
@@ -141,20 +121,6 @@ def test_momentum_switched_on_mid_run_makes_its_buffer():
     opt.step()
     assert "momentum_buffer" in opt.state[p]
     assert torch.allclose(p.detach(), torch.tensor([0.8, 1.2, 0.8], dtype=torch.float64), atol=1e-12)
-
-
-@pytest.mark.parametrize("kw,exc,match", [
-    (dict(lr=-1.0), ValueError, "lr"),
-    (dict(momentum=1.0), ValueError, "momentum"),
-    (dict(momentum=-0.1), ValueError, "momentum"),
-    (dict(weight_decay=-0.1), ValueError, "weight_decay"),
-    (dict(maximize="yes"), TypeError, "maximize"),
-    (dict(momentum="x"), TypeError, "momentum"),
-    (dict(betas=(0.9, 0.99)), TypeError, "betas"),
-])
-def test_bad_arguments_name_themselves(kw, exc, match):
-    with pytest.raises(exc, match=match):
-        adamlab.Signum([torch.ones(3, requires_grad=True)], **kw)
 
 
 def test_registry_row():

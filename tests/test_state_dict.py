@@ -11,7 +11,7 @@ import torch
 
 import adamlab
 
-from test_all_optimizers import CASES, IDS, make
+from optim_db import CASES, DB, IDS, make, state_keys
 from trajectory import fake_grad, make_params
 
 
@@ -145,10 +145,16 @@ def _edit(sd, key, value):
     return sd
 
 
-WITH_STATE = ["momentum", "adam", "amsgrad", "adamw", "exadam", "adamx", "ademamix", "adamcm", "adamcg", "coupledadam",
-              "rmsprop", "adagrad", "signum"]
-BAD_CASES = [(name, bad) for name in ["sgd"] + WITH_STATE for bad in BAD
-             if name != "sgd" or bad not in ("a shape that is not the parameter's", "None where a tensor belongs")]
+KEYS = {name: state_keys(name) for name in DB}  # after one step with the row's defaults
+#: the tensor edits need a state tensor besides the step
+BAD_CASES = [(name, bad) for name in DB for bad in BAD
+             if KEYS[name] != {"step"} or bad not in ("a shape that is not the parameter's", "None where a tensor belongs")]
+
+
+def _other(name: str) -> str:
+    """Another optimizer whose state this one must refuse: another class with other state keys (the most keys)."""
+    cls = DB[name].cls
+    return max((n for n in DB if DB[n].cls is not cls and KEYS[n] != KEYS[name]), key=lambda n: len(KEYS[n]))
 
 
 @pytest.mark.parametrize("name,bad", BAD_CASES)
@@ -157,7 +163,7 @@ def test_a_bad_state_dict_is_refused_and_changes_nothing(name, bad):
     failed at the next step() after the optimizer was overwritten (Adam <- AdamCM even ran silently)."""
     edit, match = BAD[bad]
     _, opt = _trained(name)
-    other = _snapshot(_trained("momentum" if name in ("adamcm", "adamcg") else "adamcm")[1])
+    other = _snapshot(_trained(_other(name))[1])
     sd = edit(_snapshot(opt), other)
     before = _snapshot(opt)
     with pytest.raises(ValueError, match=match):

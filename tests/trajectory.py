@@ -35,32 +35,66 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / b.abs().clamp_min(1e-12)).max())
 
 
-def resume_matches(make_opt, k: int = 8, total: int = 20) -> bool:
-    """Save the optimizer at step ``k`` through torch.save/torch.load, load it into a fresh optimizer over fresh
-    parameters, continue to ``total``: True when that equals the uninterrupted run bit for bit (state included)."""
-    import io
+# ---------------------------------------------------------------------- the test database's problem
+#: five tensors of several ranks (a 2-D one last, for Coupled Adam's coupled groups)
+SHAPES = ((5, 3), (7,), (1,), (2, 2, 3), (9, 4))
+LR_CHANGE = 20  # the step before which every group's lr is halved (as an LR scheduler would)
 
-    full, _ = run(make_opt, steps=total)
-    ps = make_params()
-    groups = lambda qs: [{"params": qs[:2]}, {"params": qs[2:], "lr": 0.03}]  # noqa: E731 (as in run)
-    opt = make_opt(groups(ps))
-    for t in range(k):
-        for p in ps:
-            p.grad = fake_grad(p, t)
+
+def two_groups(ps):
+    """The default split: two param groups, the second at lr 0.03."""
+    return [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03}]
+
+
+def scale(t: int, i: int) -> float:
+    """Gradient scales that vary by step and tensor (AdamCM/AdamCG: priorities cross, full buffers both replace and
+    discard)."""
+    return 1.0 + 2.0 * ((7 * t + 3 * i) % 5)
+
+
+def skipped(i: int, t: int) -> bool:
+    """Tensor 2 starts two steps late and then has no gradient on every third step: its step count lags the
+    others' (the engine buckets it apart), and a first step comes when the others are running."""
+    return i == 2 and (t < 2 or t % 3 == 1)
+
+
+def advance(opt, ps, start: int, stop: int, sign: float = 1.0) -> None:
+    """Steps ``start`` to ``stop`` of the problem: gradients ``sign · fake_grad · scale`` (none where
+    :func:`skipped`), every group's lr halved before step ``LR_CHANGE``."""
+    for t in range(start, stop):
+        for i, p in enumerate(ps):
+            p.grad = None if skipped(i, t) else sign * fake_grad(p, t) * scale(t, i)
+        if t == LR_CHANGE:
+            for g in opt.param_groups:
+                g["lr"] = g["lr"] * 0.5
         opt.step()
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach().clone() for p in ps]}, buf)
-    buf.seek(0)
-    ck = torch.load(buf, weights_only=True)
-    ps2 = [p.clone().requires_grad_() for p in ck["params"]]
-    opt2 = make_opt(groups(ps2))
-    opt2.load_state_dict(ck["opt"])
-    for p, q in zip(ps, ps2):
-        for key, v in opt.state[p].items():
-            if not (torch.equal(opt2.state[q][key], v) and opt2.state[q][key].dtype == v.dtype):
+
+
+def trajectory(make_opt, steps: int = 36, groups=None, sign: float = 1.0, seed: int = 0):
+    """The problem run for ``steps`` steps from its start (float64): the flat parameters, the optimizer and the
+    parameters. ``groups(params)`` splits them into param groups (default :func:`two_groups`)."""
+    ps = make_params(seed, shapes=SHAPES)
+    opt = make_opt((groups or two_groups)(ps))
+    advance(opt, ps, 0, steps, sign)
+    return flat(ps), opt, ps
+
+
+def flat(ps) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in ps])
+
+
+def state_equal(a, b, pa, pb) -> bool:
+    """Optimizers ``a`` (over ``pa``) and ``b`` (over ``pb``) hold the same state, bit for bit and dtype for
+    dtype."""
+    for p, q in zip(pa, pb):
+        sa, sb = a.state.get(p, {}), b.state.get(q, {})
+        if sa.keys() != sb.keys():
+            return False
+        for k, v in sa.items():
+            w = sb[k]
+            if torch.is_tensor(v):
+                if not (torch.is_tensor(w) and v.dtype == w.dtype and torch.equal(v, w)):
+                    return False
+            elif v != w:
                 return False
-    for t in range(k, total):
-        for p in ps2:
-            p.grad = fake_grad(p, t)
-        opt2.step()
-    return torch.equal(torch.cat([p.detach().flatten() for p in ps2]), full)
+    return True
