@@ -227,13 +227,17 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _graphs() -> int:
-    try:
-        from torch._dynamo.utils import counters
+def _graphs() -> int | None:
+    """Graphs dynamo has compiled in this process; None where this torch does not say (the table shows "-")."""
+    from .optim._torch_private import graph_count
 
-        return int(counters["stats"]["unique_graphs"])
-    except Exception:  # pragma: no cover
-        return 0
+    return graph_count()
+
+
+def _since(g0: int | None) -> int | None:
+    """Graphs compiled since :func:`_graphs` gave ``g0``; None where unknown."""
+    g = _graphs()
+    return None if g is None or g0 is None else g - g0
 
 
 def _timed(fn, device) -> float:
@@ -263,7 +267,7 @@ def bench_optimizer(name: str, set_name: str, shapes, paths, device, repeats: in
             row.first_step_s = _timed(opt.step, device)
             for _ in range(warmup):
                 opt.step()
-            row.graphs_first_step = _graphs() - g0
+            row.graphs_first_step = _since(g0)
             opts[impl] = opt
         except Exception as err:  # an optimizer that fails here is reported, not fatal
             row.error = f"{type(err).__name__}: {err}"[:200]
@@ -278,7 +282,7 @@ def bench_optimizer(name: str, set_name: str, shapes, paths, device, repeats: in
         ceil.step()
     times: dict[str, list[float]] = {k: [] for k in opts}
     ctimes: list[float] = []
-    graphs = {k: 0 for k in opts}
+    graphs: dict[str, int | None] = {k: 0 for k in opts}
     order = ["ceiling"] + list(opts)
     rng = random.Random(0)
     for _ in range(repeats):
@@ -291,7 +295,8 @@ def bench_optimizer(name: str, set_name: str, shapes, paths, device, repeats: in
                 continue
             g = _graphs()
             times[impl].append(_timed(opts[impl].step, device))
-            graphs[impl] += _graphs() - g
+            d = _since(g)
+            graphs[impl] = None if d is None or graphs[impl] is None else graphs[impl] + d
     from .optim._lowp import state_bytes
 
     bpp = (r + w) / n

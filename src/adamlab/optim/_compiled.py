@@ -27,6 +27,10 @@ chunk's parameter, state and padding tensors are the same objects, flattened onc
 parameter's dtype, device and shape (torch enforces it) and is flattened to a contiguous 1-D tensor. Where that
 mapping cannot be established (several graphs without a matching entry, a torch without these internals, a step
 traced by dynamo itself), the chunk keeps going through dynamo.
+
+Every use of torch's private API (the recording backend, dynamo's cache entries and graph-input sources, the shape
+settings, the lazy graph break) is in :mod:`adamlab.optim._torch_private`, each probed once and each with a public
+fallback; ``ADAMLAB_TORCH_PUBLIC=1`` takes them all (every chunk is then called through ``torch.compile``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import torch
 from torch import Tensor
 
 from . import _ops
+from . import _torch_private as _tp
 from ._lowp import LowPrecision
 
 #: tensors per compiled call: the compile time grows with it (cold inductor cache, Adam: 16 -> 7 s, 32 -> 16 s,
@@ -49,11 +54,12 @@ CHUNK = 16
 BIG_CHUNK = 32  # for buckets of more than CHUNK tensors
 _PAD_NUMEL = 2  # sizes 0 and 1 are specialised by dynamo; 2 is the smallest generic size
 
-#: call each chunk's compiled graph directly once dynamo has picked it (False: every call goes through dynamo)
+#: call each chunk's compiled graph directly once dynamo has picked it, where torch's internals allow
+#: (:func:`adamlab.optim._torch_private.direct_calls`; False: every call goes through dynamo)
 DIRECT = True
 
 _COMPILED: dict[tuple, Callable] = {}
-_GRAPHS: dict[tuple, _Graphs] = {}  # per compiled function: the graphs its backend compiled
+_GRAPHS: dict[tuple, _tp.GraphRecorder] = {}  # per compiled function: the graphs its backend compiled
 
 #: Inductor decides at compile time, from the sizes it first sees, which loops run in parallel; one graph serves
 #: every size here, so in the graph for big tensors every loop is parallel (a big tensor never runs on one thread),
@@ -71,45 +77,33 @@ def graph_break(fn: Callable) -> Callable:
     recursive=True)``), without importing dynamo when ``fn`` is decorated: ``torch.compiler.disable`` imports
     dynamo, inductor and sympy at once (about a second), which ``import adamlab`` must not pay. torch's own lazy form
     (the one ``torch.optim`` decorates its methods with, which imports dynamo at the first call) is used where this
-    torch has it; else the public call."""
-    lazy = getattr(torch, "_disable_dynamo", None)
-    if LAZY_GRAPH_BREAK and callable(lazy):
-        return lazy(fn, recursive=True)
-    return torch.compiler.disable(fn, recursive=True)
+    torch has it; else the public call (see :func:`adamlab.optim._torch_private.graph_break`)."""
+    return _tp.graph_break(fn, lazy=LAZY_GRAPH_BREAK)
 
 
-#: :func:`graph_break` through torch's lazy ``_disable_dynamo`` (False: the public ``torch.compiler.disable``)
+#: :func:`graph_break` through torch's lazy form where it is in use (False: the public ``torch.compiler.disable``)
 LAZY_GRAPH_BREAK = True
 
-
-def is_compiler_failure(err: Exception) -> bool:
-    mods = {type(e).__module__ for e in (err, err.__cause__, err.__context__) if e is not None}
-    return any(m.startswith(("torch._dynamo", "torch._inductor")) for m in mods)
+is_compiler_failure = _tp.is_compiler_failure
 
 
 class no_duck_shapes:
     """Compile chunks shape-generically without equating equal sizes (one graph for any mix of sizes), with the
-    symbolic-shape guards compiled to C++ (checked on every call: in Python they cost ~15 us per call).
+    symbolic-shape guards compiled to C++ (checked on every call: in Python they cost ~15 us per call), where
+    torch's internals allow (:class:`adamlab.optim._torch_private.shape_settings`).
 
     It also tags the compile caches' keys with torch's thread count: inductor's CPU code for a graph compiled while
     torch ran one thread gave wrong results when a process running two threads loaded it from the on-disk cache
     (AdamCG's parallel graph: 1.3e-2 relative error; the key does not cover the thread count)."""
 
     def __enter__(self):
-        import torch._dynamo.config as dynamo_config
-        import torch.fx.experimental._config as fx_config
-
-        self._cfgs = (fx_config, dynamo_config, torch.compiler.config)
-        self._old = (fx_config.use_duck_shape, dynamo_config.enable_cpp_symbolic_shape_guards,
-                     torch.compiler.config.cache_key_tag)
-        fx_config.use_duck_shape = False
-        dynamo_config.enable_cpp_symbolic_shape_guards = True
-        torch.compiler.config.cache_key_tag = f"{self._old[2]}adamlab-threads-{torch.get_num_threads()}"
+        self._shapes = _tp.shape_settings().__enter__()
+        self._old = torch.compiler.config.cache_key_tag
+        torch.compiler.config.cache_key_tag = f"{self._old}adamlab-threads-{torch.get_num_threads()}"
 
     def __exit__(self, *exc):
-        fx_config, dynamo_config, compiler_config = self._cfgs
-        fx_config.use_duck_shape, dynamo_config.enable_cpp_symbolic_shape_guards, compiler_config.cache_key_tag = \
-            self._old
+        torch.compiler.config.cache_key_tag = self._old
+        self._shapes.__exit__(*exc)
         return False
 
 
@@ -138,81 +132,10 @@ def compiled_chunk(cls: type, c: dict, mode: str, names: tuple[str, ...], size: 
         glb.update(_APPLY=lowp.apply, _RULE=cls._update, _OPS=_ops.C, _CONSTS=dict(c), _NAMES=names)
         code = _chunk_body.__code__.replace(co_name=f"{cls.__name__}_step_{len(_COMPILED)}")
         body = types.FunctionType(code, glb, code.co_name)
-        graphs = _GRAPHS[key] = _Graphs(body)
-        fn = torch.compile(body, fullgraph=True, dynamic=True,
-                           backend=graphs.backend(_SERIAL_OPTIONS if serial else _INDUCTOR_OPTIONS))
+        graphs = _GRAPHS[key] = _tp.GraphRecorder(body)
+        fn = graphs.compile(_SERIAL_OPTIONS if serial else _INDUCTOR_OPTIONS)
         _COMPILED[key] = fn
     return fn
-
-
-class _Graphs:
-    """The graphs dynamo compiled for one chunk function, each as (compiled callable, argument builder), and
-    which of dynamo's cache entries holds which, so that a chunk can call its graph without going through dynamo.
-
-    The backend is torch.compile's own inductor backend; it only records, beside compiling, the source of each
-    graph input (``L['ps'][3]``, ``L['sts']['exp_avg'][0].size()[0]``, ...): the order in which dynamo passes them."""
-
-    def __init__(self, body: Callable) -> None:
-        self.body = body
-        self.new: list[tuple[Callable, Callable] | None] = []  # compiled since the last :meth:`call`
-        self.by_code: dict[int, tuple[Any, tuple[Callable, Callable] | None]] = {}  # cache entry's code -> graph
-
-    def backend(self, options: dict):
-        try:
-            from torch import _TorchCompileInductorWrapper as Inductor
-        except ImportError:  # pragma: no cover - another torch: compile as usual, never call directly
-            return "inductor"
-        graphs = self
-
-        class Recording(Inductor):
-            def __call__(self, gm, example_inputs, **kw):
-                mk = graphs._argument_builder(gm)
-                fn = super().__call__(gm, example_inputs, **kw)
-                graphs.new.append(None if mk is None else (fn, mk))
-                return fn
-
-        return Recording(None, options, True)
-
-    @staticmethod
-    def _argument_builder(gm) -> Callable | None:
-        names = []
-        for node in gm.graph.find_nodes(op="placeholder"):
-            arg = node.meta.get("grapharg")
-            name = getattr(getattr(arg, "source", None), "name", None)
-            name = name() if callable(name) else name
-            if not isinstance(name, str) or not name.startswith("L["):
-                return None
-            names.append(name)
-        try:
-            return eval("lambda L: [" + ", ".join(names) + "]", {"__builtins__": {}})  # noqa: S307 - dynamo's names
-        except SyntaxError:
-            return None
-
-    def call(self, fn: Callable, local: dict[str, Any]) -> tuple[Callable, Callable] | None:
-        """Call ``fn`` (this body, compiled) through dynamo with ``local`` as its arguments; return the graph that
-        served them (callable and argument builder), or None where it cannot be told."""
-        self.new.clear()
-        try:
-            from torch._dynamo.eval_frame import _debug_get_cache_entry_list as entries
-            before = {id(e.code) for e in entries(self.body)}
-        except Exception:  # pragma: no cover - another torch
-            fn(**local)
-            return None
-        fn(**local)
-        try:
-            now = entries(self.body)
-            added = [e for e in now if id(e.code) not in before]
-            if len(added) == 1 and len(self.new) == 1:
-                self.by_code[id(added[0].code)] = (added[0].code, self.new[0])
-            for e in now:  # the entry dynamo's lookup picks: the first whose guards pass
-                if e.guard_manager.check(local):
-                    hit = self.by_code.get(id(e.code))
-                    return hit[1] if hit is not None and hit[0] is e.code else None
-        except Exception:  # pragma: no cover - another torch
-            return None
-        finally:
-            self.new.clear()
-        return None
 
 
 def flat(t: Tensor, p: Tensor, flatten: bool = True) -> Tensor:
@@ -332,7 +255,7 @@ class ChunkRunner:
             self.graphs = [None] * len(self.chunks)
             self.key = (cls, dict(c), mode, names)
         tracing = torch.compiler.is_compiling()  # this step is being traced by dynamo: no bookkeeping
-        direct = DIRECT and not tracing
+        direct = DIRECT and not tracing and _tp.direct_calls()
         if not self.flatten:  # shaped gradients: dynamo saw contiguous ones
             direct = direct and all(g.is_contiguous() for g in fg)
         for j, (a, b, cp, cst, pad_g, size, serial) in enumerate(self.chunks):
@@ -346,7 +269,7 @@ class ChunkRunner:
                     continue
                 fn = compiled_chunk(cls, c, mode, names, size, serial)
                 with no_duck_shapes():
-                    if tracing or graph is False:  # (a chunk without a graph of its own: no bookkeeping either)
+                    if not direct or graph is False:  # (a chunk without a graph of its own: no bookkeeping either)
                         fn(**local)
                         continue
                     found = _GRAPHS[_key(cls, c, mode, names, size, serial)].call(fn, local)  # sees what it compiles
