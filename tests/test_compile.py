@@ -131,7 +131,7 @@ def test_small_tensors_take_the_one_thread_graph_and_the_order_is_restored():
         assert torch.allclose(a, b, rtol=1e-12, atol=0)
     runner = group_runner(opt)
     assert runner.order == [1, 3, 4, 0, 2]
-    assert sorted({(chunk[-1], chunk[-2]) for chunk in runner.chunks}) == [(False, 16), (True, 16)]
+    assert sorted({(chunk.serial, chunk.size) for chunk in runner.chunks}) == [(False, 16), (True, 16)]
 
 
 @pytest.mark.parametrize("name", [n for n in SETTINGS if DB[n].compiles_a_graph])  # (plain SGD: one foreach op)

@@ -561,13 +561,15 @@ class AdamlabOptimizer(Optimizer):
             self._run_compiled(fps, fgs, fsts, s, c, part.keys, part.dtype, part.device,
                                part if sub is None else None, part.group)
         except Exception as err:
-            if not _compiled.is_compiler_failure(err):
-                raise
-            warnings.warn(f"adamlab: compiled step failed ({type(err).__name__}); falling back to the "
+            failed = err if isinstance(err, _compiled.CompiledStepFailed) else None
+            if not _compiled.is_compiler_failure(failed.error if failed is not None else err):
+                raise err.error if failed is not None else err  # noqa: B904 - the chunk's own error, as raised
+            cause = failed.error if failed is not None else err
+            warnings.warn(f"adamlab: compiled step failed ({type(cause).__name__}); falling back to the "
                           "multi-tensor path", RuntimeWarning, stacklevel=5)
             self.implementation = "foreach"
             # the tensors of the chunks before the failing one have had this step: the rest, once
-            stepped = {fast[k] for k in getattr(err, "adamlab_stepped", ())}
+            stepped = {fast[k] for k in (failed.stepped if failed is not None else ())}
             return [i for i in range(len(ps)) if i not in stepped]
         return eager
 

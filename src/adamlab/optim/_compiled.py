@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -156,6 +156,27 @@ def compilable(p: Tensor, st: dict, keys) -> bool:
     return p.numel() >= 2 and p.is_contiguous() and all(st[k].is_contiguous() for k in keys)
 
 
+class Chunk(NamedTuple):
+    """One chunk of a :class:`ChunkRunner`: the tensors one compiled call steps."""
+
+    first: int  #: the index (in the runner's order) of its first tensor
+    end: int  #: one past its last real tensor (the padding follows)
+    params: list[Tensor]  #: the flattened parameters, then the padding's
+    states: dict[str, list[Tensor]]  #: per state name, the flattened state tensors, then the padding's
+    pad_grads: list[Tensor]  #: the padding's gradients (zeros)
+    size: int  #: the chunk size its graph was compiled for
+    serial: bool  #: whether it runs in the one-thread graph
+
+
+class CompiledStepFailed(Exception):
+    """The compiler failed on a chunk (``error``, also the ``__cause__``); the tensors at ``stepped`` (indices in the
+    step's order) had this step from the chunks before it, and only the others must still take it."""
+
+    def __init__(self, error: Exception, stepped: list[int]) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error, self.stepped = error, stepped
+
+
 class ChunkRunner:
     """The compiled step of one bucket of tensors (same device and dtype): flattened parameters and states,
     split into chunks of :data:`CHUNK` (or :data:`BIG_CHUNK`), the last chunk of each part padded, built once and
@@ -184,7 +205,7 @@ class ChunkRunner:
         self.fst = {k: [flat(st[k], p, fl) for st, p in zip(sts, ps)] for k in keys}
         self.cdtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
         self.device = device
-        self.chunks = []  # (first, end, params, states, padding, chunk size, serial)
+        self.chunks: list[Chunk] = []
         for serial, lo, hi in ((True, 0, len(small)), (False, len(small), n)):
             if hi > lo:
                 self._add_part(opt, group, keys, dtype, device, serial, lo, hi)
@@ -210,18 +231,18 @@ class ChunkRunner:
             b = min(a + size, hi)
             if not self.flatten and b - a < size:  # shaped tensors: the tail goes one by one
                 for i in range(a, b):
-                    self.chunks.append((i, i + 1, self.fp[i:i + 1], {k: v[i:i + 1] for k, v in self.fst.items()},
-                                        [], 1, serial))
+                    self.chunks.append(Chunk(i, i + 1, self.fp[i:i + 1],
+                                             {k: v[i:i + 1] for k, v in self.fst.items()}, [], 1, serial))
                 continue
             m = size - (b - a)
             states = {k: v[a:b] + pad_st[k][:m] for k, v in self.fst.items()}
-            self.chunks.append((a, b, self.fp[a:b] + pad_p[:m], states, pad_g[:m], size, serial))
+            self.chunks.append(Chunk(a, b, self.fp[a:b] + pad_p[:m], states, pad_g[:m], size, serial))
 
     def positions(self) -> list[tuple[dict[str, list], int, int | None, bool]]:
         """Every position of every chunk: (the chunk's state lists, the position in them, the tensor's index in
         this runner's order or None for padding, whether the chunk runs in the one-thread graph)."""
-        return [(cst, q, a + q if a + q < b else None, serial) for a, b, cp, cst, _, _, serial in self.chunks
-                for q in range(len(cp))]
+        return [(ch.states, q, ch.first + q if ch.first + q < ch.end else None, ch.serial) for ch in self.chunks
+                for q in range(len(ch.params))]
 
     def run(self, cls: type, c: dict, mode: str, gs: list[Tensor], s: dict[str, Any]) -> None:
         names = tuple(k for k, v in s.items() if not isinstance(v, Tensor))
@@ -241,11 +262,8 @@ class ChunkRunner:
             err, end = done
             if self.hook is not None:
                 self.hook.undo(set(range(end)))
-            try:  # for the caller: step the rest, and only the rest
-                err.adamlab_stepped = sorted(self.order[:end])
-            except AttributeError:  # pragma: no cover - an exception type without a __dict__
-                pass
-            raise err
+            # for the caller: step the rest, and only the rest
+            raise CompiledStepFailed(err, sorted(self.order[:end])) from err
 
     def _call_chunks(self, cls: type, c: dict, mode: str, names: tuple[str, ...], fg: list[Tensor],
                      packed: Tensor, extra: dict[str, Tensor]) -> tuple[Exception, int] | None:
@@ -258,7 +276,7 @@ class ChunkRunner:
         direct = DIRECT and not tracing and _tp.direct_calls()
         if not self.flatten:  # shaped gradients: dynamo saw contiguous ones
             direct = direct and all(g.is_contiguous() for g in fg)
-        for j, (a, b, cp, cst, pad_g, size, serial) in enumerate(self.chunks):
+        for j, (a, b, cp, cst, pad_g, size, serial) in enumerate(self.chunks):  # (a Chunk)
             local = {"ps": cp, "gs": fg[a:b] + pad_g if pad_g else fg[a:b], "sts": cst, "packed": packed,
                      "extra": extra}
             graph = self.graphs[j]
