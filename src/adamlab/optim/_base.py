@@ -476,7 +476,8 @@ class AdamlabOptimizer(Optimizer):
         extra = self._prepare(settings, params, grads)
         if plan.sharded or plan.complex:  # the rule steps the local shards, complex tensors as their real views
             grads = [_stepped(g if not _dist.is_dtensor(p) else _local_grad(g, p)) for p, g in zip(params, grads)]
-        c = {**self._constants(settings), **engine_constants(settings, self._decay(settings))}
+        own = self._constants(settings)
+        c = {**own, **engine_constants(settings, self._decay(settings))}
         decay_scalars = engine_scalars(settings, c["decay"], self._decay_rounding)
         plan.steps.add_(1)  # every parameter's ``step`` is a 0-d view into this one tensor
         values = plan.steps.tolist()
@@ -495,7 +496,7 @@ class AdamlabOptimizer(Optimizer):
                 s = dict(self._scalars(settings, int(step)))
                 if not plan.checked:  # the rule's contract, once per plan: the keys its types declare
                     check_declared(type(self).__name__, "_scalars keys", self.Scalars, s)
-                    check_declared(type(self).__name__, "_constants keys", self.Constants, self._constants(settings))
+                    check_declared(type(self).__name__, "_constants keys", self.Constants, own)
                     plan.checked = True
                 s.update(decay_scalars)
                 s.update(extra)
@@ -561,15 +562,15 @@ class AdamlabOptimizer(Optimizer):
             self._run_compiled(fps, fgs, fsts, s, c, part.keys, part.dtype, part.device,
                                part if sub is None else None, part.group)
         except Exception as err:
-            failed = err if isinstance(err, _compiled.CompiledStepFailed) else None
-            if not _compiled.is_compiler_failure(failed.error if failed is not None else err):
-                raise err.error if failed is not None else err  # noqa: B904 - the chunk's own error, as raised
-            cause = failed.error if failed is not None else err
+            failed = isinstance(err, _compiled.CompiledStepFailed)
+            cause, done = (err.error, err.stepped) if failed else (err, ())
+            if not _compiled.is_compiler_failure(cause):
+                raise cause  # noqa: B904 - the chunk's own error, not the wrapper
             warnings.warn(f"adamlab: compiled step failed ({type(cause).__name__}); falling back to the "
                           "multi-tensor path", RuntimeWarning, stacklevel=5)
             self.implementation = "foreach"
             # the tensors of the chunks before the failing one have had this step: the rest, once
-            stepped = {fast[k] for k in (failed.stepped if failed is not None else ())}
+            stepped = {fast[k] for k in done}
             return [i for i in range(len(ps)) if i not in stepped]
         return eager
 
